@@ -119,3 +119,13 @@ class _ResBlock(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def __getattr__(name: str) -> type:
+    # Lazy re-export (PEP 562) of nets.UNet: unet.py imports TimeEmbedding from here, so a
+    # top-level import would be circular.
+    if name == "UNet":
+        from course_lib.unet import UNet
+
+        return UNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,228 @@
+"""The one training loop of the course.
+
+Every chapter trains through :func:`train`: a model, a loss ``loss_fn(model, batch)``
+and a function that returns the next batch. The loop brings what a real run needs and
+nothing else: Adam with an optional linear warm-up, gradient clipping, an exponential
+moving average (EMA) of the weights, bf16 autocast and ``torch.compile`` on a GPU, a
+``tqdm`` progress bar with the running loss, a clear error on a NaN or infinite loss
+naming the step, and atomic, resumable checkpoints so that an interrupted run (a Colab
+session that ends) loses nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+Batch = Any  # a tensor, or a tuple of tensors (e.g. images and labels)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model (the raw weights).
+        ema: the EMA copy of the model, or ``None`` without ``ema_decay``.
+        losses: the loss of every step, ``losses[i]`` for step ``i``.
+        seconds: wall time of the steps run in this call.
+        steps: total steps done, including those before a resume.
+    """
+
+    model: nn.Module
+    ema: nn.Module | None
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+    @property
+    def best(self) -> nn.Module:
+        """The weights to sample with: the EMA when there is one."""
+        return self.ema if self.ema is not None else self.model
+
+    @property
+    def steps_per_second(self) -> float:
+        return len(self.losses) / self.seconds if self.seconds else float("nan")
+
+
+def random_batches(
+    *tensors: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> Callable[[int], Batch]:
+    """A ``next_batch(step)`` that draws ``batch_size`` random rows of ``tensors``
+    (same first dimension), sampled with replacement on the tensors' own device, so a
+    data set that fits on the GPU never goes through a Python data loader."""
+    n = tensors[0].shape[0]
+    if any(t.shape[0] != n for t in tensors):
+        raise ValueError("all tensors must have the same number of rows")
+    device = tensors[0].device
+
+    def next_batch(step: int) -> Batch:
+        idx = torch.randint(n, (batch_size,), generator=generator).to(device)
+        out = tuple(t[idx] for t in tensors)
+        return out[0] if len(out) == 1 else out
+
+    return next_batch
+
+
+def _save_atomic(state: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a reader never sees a
+    half-written checkpoint, and an interruption leaves the previous one intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _check_finite(losses: torch.Tensor, first_step: int) -> None:
+    bad = ~torch.isfinite(losses)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise FloatingPointError(
+            f"the loss became {losses[i].item()} at step {first_step + i}. Lower the "
+            "learning rate, enable gradient clipping (grad_clip), or check the data "
+            "and the loss for NaNs or divisions by zero."
+        )
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    next_batch: Callable[[int], Batch],
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    warmup_steps: int = 0,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    ema_decay: float | None = None,
+    amp: bool = False,
+    compile: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 0,
+    progress: bool = True,
+    log_every: int | None = None,
+    desc: str = "training",
+) -> TrainResult:
+    """Train ``model`` for ``steps`` steps of Adam(W) on ``loss_fn(model, next_batch(step))``.
+
+    Args:
+        model: any ``nn.Module``; it is trained in place.
+        loss_fn: returns a scalar loss for a batch.
+        next_batch: returns the batch for a step (see :func:`random_batches`).
+        steps: total number of optimisation steps (including steps resumed from a
+            checkpoint).
+        lr: peak learning rate; ``warmup_steps`` ramps it linearly from zero (DDPM
+            used 5000 warm-up steps on CIFAR-10).
+        weight_decay: AdamW's decoupled weight decay.
+        grad_clip: clip the global gradient norm to this value (``None`` = off).
+        ema_decay: keep ``ema = decay * ema + (1 - decay) * weights`` after each step
+            (DDPM: 0.9999); ``None`` = no EMA.
+        amp: run the forward pass under bf16 autocast (use on CUDA).
+        compile: ``torch.compile`` the model for the forward pass (GPU).
+        checkpoint: a file to save to every ``checkpoint_every`` steps and at the end;
+            if it exists, training resumes from it.
+        progress: show a ``tqdm`` bar with the running loss.
+        log_every: how often the bar is updated and the loss checked for NaN/inf
+            (default ``steps // 100``).
+        desc: label of the progress bar.
+
+    Returns:
+        A :class:`TrainResult` with the loss of every step.
+
+    Raises:
+        FloatingPointError: the loss is NaN or infinite; the message names the step.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    ema = copy.deepcopy(model).requires_grad_(False).eval() if ema_decay is not None else None
+    losses: list[float] = []
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        losses, start = list(state["losses"]), int(state["step"])
+        torch.set_rng_state(state["rng"])
+
+    def save(step: int) -> None:
+        if ckpt is not None:
+            _save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "losses": losses,
+                    "step": step,
+                    "rng": torch.get_rng_state(),
+                },
+                ckpt,
+            )
+
+    device = next(model.parameters()).device
+    forward = torch.compile(model) if compile else model
+    log_every = log_every or max(1, (steps - start) // 100)
+    buffer = torch.zeros(log_every, device=device)
+    ema_params = list(ema.parameters()) if ema is not None else []
+    next_save = (start // checkpoint_every + 1) * checkpoint_every if checkpoint_every else 0
+    model.train()
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, leave=False)
+    t0 = time.perf_counter()
+    for step in range(start, steps):
+        if warmup_steps:
+            for group in opt.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(forward, next_batch(step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        if ema is not None:
+            # in place on the EMA's own tensors: ema <- ema + (1 - decay) (w - ema)
+            torch._foreach_lerp_(ema_params, list(model.parameters()), 1 - ema_decay)
+            for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+                b_ema.copy_(b)
+        buffer[(step - start) % log_every] = loss.detach().float()
+        done = step + 1
+        if (done - start) % log_every == 0 or done == steps:
+            # one host sync per log interval, not per step
+            n_new = (done - start - 1) % log_every + 1
+            chunk = buffer[:n_new].cpu()
+            _check_finite(chunk, done - n_new)
+            losses.extend(chunk.tolist())
+            bar.update(n_new)
+            bar.set_postfix(loss=f"{sum(losses[-n_new:]) / n_new:.4f}")
+            if checkpoint_every and done >= next_save:
+                save(done)
+                next_save = (done // checkpoint_every + 1) * checkpoint_every
+    seconds = time.perf_counter() - t0
+    bar.close()
+    save(steps)
+    model.eval()
+    return TrainResult(model=model, ema=ema, losses=losses, seconds=seconds, steps=steps)
+
+
+def moving_average(values: Sequence[float], window: int = 50) -> list[float]:
+    """Trailing mean of ``values`` over ``window`` steps (for loss plots)."""
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
