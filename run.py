@@ -86,8 +86,20 @@ def cmd_test() -> None:
     t0 = time.perf_counter()
     sh(py, "-m", "ruff", "check", ".", env=env)
     sh(py, "-m", "ruff", "format", "--check", ".", env=env)
-    sh(py, "-m", "pytest", "-n", "2", "--dist", "loadfile", "-m", "not book",
-       "--nbval-lax", "--nbval-current-env", env=env)
+    sh(
+        py,
+        "-m",
+        "pytest",
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        "-m",
+        "not book",
+        "--nbval-lax",
+        "--nbval-current-env",
+        env=env,
+    )
     sh(py, "-m", "pytest", "-m", "book", "tests", env=env)
     print(f"test: everything passed in {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -99,8 +111,10 @@ def cmd_lab() -> None:
 
 def cmd_student() -> None:
     py = setup()
-    code = ("from pathlib import Path; from course_lib.exercises import write_student_notebooks as w;"
-            "[print(p) for p in w(Path('chapters'), Path('student'))]")
+    code = (
+        "from pathlib import Path; from course_lib.exercises import write_student_notebooks as w;"
+        "[print(p) for p in w(Path('chapters'), Path('student'))]"
+    )
     sh(py, "-c", code, env=course_env())
 
 
@@ -114,8 +128,15 @@ def cmd_bench() -> None:
     sh(py, "benchmarks/run_chapters.py", *sys.argv[2:], env=course_env())
 
 
-COMMANDS = {"book": cmd_book, "test": cmd_test, "lab": cmd_lab, "student": cmd_student,
-            "sync": cmd_sync, "bench": cmd_bench, "setup": setup}
+COMMANDS = {
+    "book": cmd_book,
+    "test": cmd_test,
+    "lab": cmd_lab,
+    "student": cmd_student,
+    "sync": cmd_sync,
+    "bench": cmd_bench,
+    "setup": setup,
+}
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else ""

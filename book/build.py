@@ -68,15 +68,25 @@ def sphinx_config(cfg: dict, profile: str) -> dict:
             "stderr_output": "show",
         },
         "bibtex_bibfiles": ["references.bib"],
-        "repository": {"url": repo["url"], "branch": repo.get("branch", "main"), "path_to_book": ""},
+        "repository": {
+            "url": repo["url"],
+            "branch": repo.get("branch", "main"),
+            "path_to_book": "",
+        },
         "launch_buttons": {
-            "colab_url": "https://colab.research.google.com" if cfg.get("launch_buttons", {}).get("colab") else "",
+            "colab_url": "https://colab.research.google.com"
+            if cfg.get("launch_buttons", {}).get("colab")
+            else "",
             "notebook_interface": "jupyterlab",
         },
-        "html": {"use_repository_button": True, "use_issues_button": False, "home_page_in_navbar": True},
+        "html": {
+            "use_repository_button": True,
+            "use_issues_button": False,
+            "home_page_in_navbar": True,
+        },
         "parse": {"myst_enable_extensions": ["dollarmath", "amsmath", "colon_fence", "deflist"]},
         "sphinx": {
-            "extra_extensions": ["sphinx_mathjax_offline"],
+            "extra_extensions": ["sphinx-mathjax-offline"],
             "config": {
                 "nb_execution_raise_on_error": True,
                 "bibtex_reference_style": "author_year",
@@ -116,8 +126,14 @@ def stage(cfg: dict, profile: str, src: Path, root: Path = ROOT) -> list[str]:
         "format": "jb-book",
         "root": Path(cfg["intro"]).stem,
         "parts": [
-            {"caption": "Chapters", "chapters": [{"file": str(Path(c).with_suffix(""))} for c in cfg["chapters"]]},
-            {"caption": "For teachers and readers", "chapters": [{"file": Path(p).stem} for p in cfg.get("appendix", [])]},
+            {
+                "caption": "Chapters",
+                "chapters": [{"file": str(Path(c).with_suffix(""))} for c in cfg["chapters"]],
+            },
+            {
+                "caption": "For teachers and readers",
+                "chapters": [{"file": Path(p).stem} for p in cfg.get("appendix", [])],
+            },
         ],
     }
     (src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
@@ -128,19 +144,37 @@ def stage(cfg: dict, profile: str, src: Path, root: Path = ROOT) -> list[str]:
 def build(profile: str | None = None, out: Path | None = None, root: Path = ROOT) -> Path:
     """Stage and build the book; return the path of its ``index.html``."""
     cfg = read_book_config(root)
-    profile = profile or os.environ.get("COURSE_PROFILE") or cfg.get("execution", {}).get("profile", "cpu")
+    profile = (
+        profile
+        or os.environ.get("COURSE_PROFILE")
+        or cfg.get("execution", {}).get("profile", "cpu")
+    )
     out = out or root / "_build" / "book"
     src = out / "src"
     to_run = stage(cfg, profile, src, root)
-    print(f"book: profile {profile}; executing {len(to_run)} chapter(s): {', '.join(to_run) or 'none'}")
+    names = ", ".join(to_run) or "none"
+    print(f"book: profile {profile}; executing {len(to_run)} chapter(s): {names}")
     env = {**os.environ, "COURSE_PROFILE": profile, "MPLBACKEND": "Agg"}
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb), "build", str(src), "--path-output", str(out), "--builder", "html", "--keep-going"]
+    cmd = [
+        str(jb),
+        "build",
+        str(src),
+        "--path-output",
+        str(out),
+        "--builder",
+        "html",
+        "--keep-going",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=root, text=True, capture_output=True)
     log = proc.stdout + proc.stderr
     (out / "build.log").write_text(log)
-    failed = proc.returncode != 0 or "Executing notebook failed" in log or "Traceback" in log and "reports" in log
+    failed = (
+        proc.returncode != 0
+        or "Executing notebook failed" in log
+        or ("Traceback" in log and "reports" in log)
+    )
     if failed:
         print(log[-6000:])
         raise SystemExit(f"book build failed (full log: {out / 'build.log'})")

@@ -108,6 +108,6 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); return a CPU generator with that
     seed for code that takes an explicit ``generator``."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (seeds code that uses NumPy's global RNG)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)

@@ -65,7 +65,10 @@ class GaussianMixture:
 
     @classmethod
     def isotropic(
-        cls, weights: torch.Tensor | list[float], means: torch.Tensor | list, std: float | list[float]
+        cls,
+        weights: torch.Tensor | list[float],
+        means: torch.Tensor | list,
+        std: float | list[float],
     ) -> GaussianMixture:
         """A mixture of ``N(mu_k, std_k^2 I)`` components."""
         mu = torch.as_tensor(means, dtype=torch.float64)
@@ -127,16 +130,14 @@ class GaussianMixture:
     def noised(self, a: float, s: float) -> GaussianMixture:
         """The law of ``a * x0 + s * eps``: ``sum_k w_k N(a mu_k, a^2 C_k + s^2 I)``."""
         eye = torch.eye(self.dim, dtype=torch.float64)
-        return GaussianMixture(
-            self.weights, a * self.means, a**2 * self.covariances + s**2 * eye
-        )
+        return GaussianMixture(self.weights, a * self.means, a**2 * self.covariances + s**2 * eye)
 
     # ------------------------------------------- noised quantities, per sample
     def noised_log_prob(
         self, x_t: torch.Tensor, a: float | torch.Tensor, s: float | torch.Tensor
     ) -> torch.Tensor:
         """``log p_t(x_t)`` for ``x_t = a x0 + s eps``; ``a``, ``s`` scalars or ``(B,)``."""
-        log_r, log_p, *_ = self._components(x_t, a, s)
+        log_p = self._components(x_t, a, s)[1]
         return log_p.to(x_t)
 
     def noised_score(
@@ -167,13 +168,12 @@ class GaussianMixture:
     def _components(
         self, x_t: torch.Tensor, a: float | torch.Tensor, s: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """On the CPU in float64: log responsibilities ``(B, K)``, ``log p_t`` ``(B,)``, ``a`` as ``(B,)``,
-        ``S_k^{-1}(x_t - a mu_k)`` ``(B, K, D)`` and the component log densities."""
+        """On the CPU in float64: log responsibilities ``(B, K)``, ``log p_t`` ``(B,)``,
+        ``a`` as ``(B,)``, ``S_k^{-1}(x_t - a mu_k)`` ``(B, K, D)`` and the component log
+        densities."""
         if x_t.ndim != 2 or x_t.shape[1] != self.dim:
-            raise ValueError(
-                f"expected points of shape (B, {self.dim}), got {tuple(x_t.shape)}"
-            )
-        x = x_t.detach().to(torch.float64).cpu()
+            raise ValueError(f"expected points of shape (B, {self.dim}), got {tuple(x_t.shape)}")
+        x = x_t.to(torch.float64).cpu()  # differentiable: autograd checks use it
         b = x.shape[0]
         a_b = expand_like(torch.as_tensor(a, dtype=torch.float64).cpu(), x[:, 0]).expand(b)
         s_b = expand_like(torch.as_tensor(s, dtype=torch.float64).cpu(), x[:, 0]).expand(b)
@@ -182,9 +182,10 @@ class GaussianMixture:
             # one noise level for the batch: factor K covariances, not B * K
             cov = (a_b[0] ** 2 * self.covariances + s_b[0] ** 2 * eye)[None]  # (1, K, D, D)
         else:
-            cov = a_b[:, None, None, None] ** 2 * self.covariances[None] + s_b[
-                :, None, None, None
-            ] ** 2 * eye  # (B, K, D, D)
+            cov = (
+                a_b[:, None, None, None] ** 2 * self.covariances[None]
+                + s_b[:, None, None, None] ** 2 * eye
+            )  # (B, K, D, D)
         chol = torch.linalg.cholesky(cov)
         diff = x[:, None, :] - a_b[:, None, None] * self.means[None]  # (B, K, D)
         chol_b = chol.expand(b, -1, -1, -1)

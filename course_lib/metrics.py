@@ -63,7 +63,7 @@ def mmd(
     h = bandwidth if bandwidth is not None else median_bandwidth(x, y)
 
     def kernel_mean(a: torch.Tensor, b: torch.Tensor, same: bool) -> torch.Tensor:
-        k = torch.exp(-torch.cdist(a, b) ** 2 / (2 * h**2))
+        k = torch.exp(-(torch.cdist(a, b) ** 2) / (2 * h**2))
         if same and unbiased:
             n = a.shape[0]
             return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
@@ -79,9 +79,7 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     the tests use as an independent check.
     """
     x, y = _pair(x, y)
-    return float(
-        2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()
-    )
+    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
 
 
 def wasserstein_1d(u: torch.Tensor, v: torch.Tensor, p: int = 2) -> torch.Tensor:
@@ -129,9 +127,7 @@ def compare(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     return {name: fn(x, y) for name, fn in METRICS.items()}
 
 
-def floor(
-    sample: Callable[[int], torch.Tensor], n: int, repeats: int = 3
-) -> dict[str, float]:
+def floor(sample: Callable[[int], torch.Tensor], n: int, repeats: int = 3) -> dict[str, float]:
     """The value each measure takes between two independent samples of size ``n`` of the
     same law (averaged over ``repeats``): what a perfect sampler would score."""
     runs = [compare(sample(n), sample(n)) for _ in range(repeats)]

@@ -57,7 +57,9 @@ def scatter(
     return _frame(ax, title, lim)
 
 
-def grid_points(lim: tuple[float, float] = LIMITS, n: int = 100) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def grid_points(
+    lim: tuple[float, float] = LIMITS, n: int = 100
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """An ``n x n`` grid over ``lim^2``: points ``(n*n, 2)`` and the mesh ``X, Y``."""
     g = np.linspace(*lim, n)
     xx, yy = np.meshgrid(g, g)

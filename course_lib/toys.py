@@ -134,7 +134,9 @@ def fit_twin(
         n_components, covariance_type="full", reg_covar=1e-4, random_state=seed, max_iter=500
     ).fit(x)
     return GaussianMixture(
-        torch.from_numpy(gm.weights_), torch.from_numpy(gm.means_), torch.from_numpy(gm.covariances_)
+        torch.from_numpy(gm.weights_),
+        torch.from_numpy(gm.means_),
+        torch.from_numpy(gm.covariances_),
     )
 
 
@@ -160,7 +162,9 @@ def twin(name: str) -> GaussianMixture:
     if check_name(name) == "gaussians8":
         return _GAUSSIANS8
     with np.load(TWIN_FILE) as f:
-        return GaussianMixture(*(torch.from_numpy(f[f"{name}/{k}"]) for k in ("weights", "means", "covariances")))
+        return GaussianMixture(
+            *(torch.from_numpy(f[f"{name}/{k}"]) for k in ("weights", "means", "covariances"))
+        )
 
 
 if __name__ == "__main__":

@@ -193,10 +193,10 @@ def train(
             nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         if ema is not None:
-            # in place on the EMA's own tensors: ema <- ema + (1 - decay) (w - ema)
-            torch._foreach_lerp_(ema_params, list(model.parameters()), 1 - ema_decay)
-            for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
-                b_ema.copy_(b)
+            with torch.no_grad():  # in place on the EMA's tensors: ema += (1 - decay)(w - ema)
+                torch._foreach_lerp_(ema_params, list(model.parameters()), 1 - ema_decay)
+                for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+                    b_ema.copy_(b)
         buffer[(step - start) % log_every] = loss.detach().float()
         done = step + 1
         if (done - start) % log_every == 0 or done == steps:

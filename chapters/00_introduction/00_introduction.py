@@ -1,7 +1,13 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,expected_output,-all
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -31,8 +37,15 @@ if "google.colab" in sys.modules:  # Colab only: install course_lib, keep Colab'
     import subprocess
 
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-         "git+https://github.com/scores-to-flows/scores-to-flows"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "git+https://github.com/scores-to-flows/scores-to-flows",
+        ],
         check=True,
     )
     from google.colab import output
@@ -68,10 +81,12 @@ print(cfg.describe())
 # %%
 fig, axes = plotting.figure_row(2)
 moons = toys.sample("moons", cfg.pick(smoke=500, cpu=2000, gpu=2000), generator)
-plotting.scatter(moons, ax=axes[0], title="what we are given: samples", kind="model",
-                 label="data points")
-plotting.density(toys.twin("moons").log_prob, ax=axes[1],
-                 title="what we would like to know: a density")
+plotting.scatter(
+    moons, ax=axes[0], title="what we are given: samples", kind="model", label="data points"
+)
+plotting.density(
+    toys.twin("moons").log_prob, ax=axes[1], title="what we would like to know: a density"
+)
 fig.tight_layout()
 plt.show()
 
@@ -167,16 +182,23 @@ course_lib.show(GaussianMixture.log_prob)
 mixture = GaussianMixture(
     weights=torch.tensor([0.5, 0.3, 0.2]),
     means=torch.tensor([[-1.2, -0.6], [1.2, -0.4], [0.0, 1.3]]),
-    covariances=torch.tensor([
-        [[0.20, 0.08], [0.08, 0.15]],
-        [[0.10, -0.05], [-0.05, 0.30]],
-        [[0.25, 0.0], [0.0, 0.05]],
-    ]),
+    covariances=torch.tensor(
+        [
+            [[0.20, 0.08], [0.08, 0.15]],
+            [[0.10, -0.05], [-0.05, 0.30]],
+            [[0.25, 0.0], [0.0, 0.05]],
+        ]
+    ),
 )
 fig, axes = plotting.figure_row(2)
 plotting.density(mixture.log_prob, ax=axes[0], title="density p(x)")
-plotting.scatter(mixture.sample(cfg.pick(smoke=500, cpu=3000, gpu=3000), generator),
-                 ax=axes[1], title="samples x ~ p", kind="truth", label="exact samples")
+plotting.scatter(
+    mixture.sample(cfg.pick(smoke=500, cpu=3000, gpu=3000), generator),
+    ax=axes[1],
+    title="samples x ~ p",
+    kind="truth",
+    label="exact samples",
+)
 fig.tight_layout()
 plt.show()
 
@@ -240,6 +262,7 @@ plt.show()
 #
 # Write `noised_parameters(means, covariances, a, s)` that returns the means `(K, D)` and
 # covariances `(K, D, D)` of the components of $a x_0 + s \varepsilon$.
+
 
 # %% tags=["exercise"]
 def noised_parameters(means, covariances, a, s):
@@ -321,7 +344,7 @@ display(HTML(plotting.animate(frames, data=x0_anim, times=levels.tolist(), title
 # calls one plain, tested function, `plotting.noised_panel`.
 
 # %%
-import ipywidgets as widgets  # noqa: E402
+import ipywidgets as widgets
 
 
 def redraw(name: str = "moons", s: float = 0.3) -> None:
@@ -333,7 +356,7 @@ widgets.interact(
     redraw,
     name=widgets.Dropdown(options=toys.NAMES, value="moons", description="data set"),
     s=widgets.FloatSlider(value=0.3, min=0.0, max=0.95, step=0.05, description="noise s"),
-);
+)
 
 # %% [markdown]
 # What to notice: at small $s$ the score field is sharp and complicated, with strong
@@ -368,15 +391,24 @@ x0_hat = gm8.optimal_denoiser(xt_d, a_den, s_den)
 fig, ax = plt.subplots(figsize=(4.5, 4.5))
 ax.scatter(*xt_d.T, s=6, c=plotting.COLORS["data"], label="noisy $x_t$")
 ax.scatter(*x0_hat.T, s=6, c=plotting.COLORS["truth"], label=r"$E[x_0 \mid x_t]$")
-ax.quiver(*xt_d.T, *(x0_hat - xt_d).T, angles="xy", scale_units="xy", scale=1, width=0.002,
-          alpha=0.4)
-ax.set(title=f"optimal denoiser, s = {s_den}", xlabel="$x_1$", ylabel="$x_2$",
-       aspect="equal", xlim=(-3, 3), ylim=(-3, 3))
+ax.quiver(
+    *xt_d.T, *(x0_hat - xt_d).T, angles="xy", scale_units="xy", scale=1, width=0.002, alpha=0.4
+)
+ax.set(
+    title=f"optimal denoiser, s = {s_den}",
+    xlabel="$x_1$",
+    ylabel="$x_2$",
+    aspect="equal",
+    xlim=(-3, 3),
+    ylim=(-3, 3),
+)
 ax.legend(fontsize=8)
 plt.show()
 mse = ((x0_hat - x0_d) ** 2).sum(1).mean().item()
-print(f"mean squared error of the optimal denoiser: {mse:.4f} "
-      f"(of the noisy point itself, rescaled: {((xt_d / a_den - x0_d) ** 2).sum(1).mean():.4f})")
+print(
+    f"mean squared error of the optimal denoiser: {mse:.4f} "
+    f"(of the noisy point itself, rescaled: {((xt_d / a_den - x0_d) ** 2).sum(1).mean():.4f})"
+)
 
 # %% [markdown]
 # What to notice: the denoised points are pulled to the modes, but not *onto* them — a
@@ -413,8 +445,9 @@ for ax, name in zip(axes.flat, toys.NAMES, strict=True):
     twin_samples = toys.twin(name).sample(n_eval, generator)
     floor = metrics.mmd(data, toys.sample(name, n_eval, generator))
     rows.append((name, metrics.mmd(twin_samples, data), floor))
-    plotting.scatter(twin_samples, data=data, ax=ax, title=f"{name}: twin", kind="truth",
-                     label="twin samples")
+    plotting.scatter(
+        twin_samples, data=data, ax=ax, title=f"{name}: twin", kind="truth", label="twin samples"
+    )
 fig.tight_layout()
 plt.show()
 print(f"{'toy':>13} | MMD(twin, toy) | floor (toy vs toy)")

@@ -70,8 +70,11 @@ class Exercise:
         try:
             note = self.body(answer)
         except NotImplementedError:
-            return Result(self.name, "todo", "not attempted yet: fill in the cell above, run it, "
-                          "then run this check again.")
+            return Result(
+                self.name,
+                "todo",
+                "not attempted yet: fill in the cell above, run it, then run this check again.",
+            )
         except Mistake as err:
             hint = f" Hint: {self.hint}" if self.hint else ""
             return Result(self.name, "failed", f"{err}{hint}")
@@ -111,8 +114,10 @@ def expect_close(got: Any, want: Any, what: str, atol: float = 1e-5, rtol: float
         raise Mistake(f"{what} has shape {tuple(got_t.shape)}, expected {tuple(want_t.shape)}.")
     if not torch.allclose(got_t, want_t, atol=atol, rtol=rtol):
         err = (got_t - want_t).abs().max().item()
-        raise Mistake(f"{what} is off by up to {err:.3g} (expected e.g. {want_t.flatten()[:3].tolist()}, "
-                      f"got {got_t.flatten()[:3].tolist()}).")
+        raise Mistake(
+            f"{what} is off by up to {err:.3g} (expected e.g. {want_t.flatten()[:3].tolist()}, "
+            f"got {got_t.flatten()[:3].tolist()})."
+        )
 
 
 def strip_solutions(nb: Any) -> Any:
