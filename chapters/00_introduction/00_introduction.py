@@ -498,7 +498,7 @@ print(f"{'run':<28} {cfg.describe()}")
 print(f"{'chapter wall time':<28} {elapsed:.1f} s")
 print(f"{'samples per toy (MMD)':<28} {n_eval}")
 print(f"{'worst twin (MMD / floor)':<28} {worst[0]}: {worst[1] / worst[2]:.2f}x")
-print(f"{'mean twin MMD / floor':<28} {sum(r[1] / r[2] for r in rows) / len(rows):.2f}x")
+print(f"{'quality: mean twin MMD / floor':<28} {sum(r[1] / r[2] for r in rows) / len(rows):.2f}x")
 
 # %% [markdown]
 # An MMD ratio near one means the twin is indistinguishable from the toy with this many
