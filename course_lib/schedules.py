@@ -193,7 +193,9 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
     return DiscreteSchedule.from_betas(betas)
 
 
-def respace(schedule: DiscreteSchedule, timesteps: torch.Tensor | Sequence[int]) -> DiscreteSchedule:
+def respace(
+    schedule: DiscreteSchedule, timesteps: torch.Tensor | Sequence[int]
+) -> DiscreteSchedule:
     """The sub-schedule on a strided grid ``tau_1 < ... < tau_S`` of ``schedule``'s steps.
 
     ``alpha_bar'_i = alpha_bar_{tau_i}`` (with ``alpha_bar'_0 = 1``) and the betas are
