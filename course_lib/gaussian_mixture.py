@@ -187,12 +187,17 @@ class GaussianMixture:
                 + s_b[:, None, None, None] ** 2 * eye
             )  # (B, K, D, D)
         chol = torch.linalg.cholesky(cov)
+        # S_k^{-1} once per component (per sample only when the noise level varies):
+        # a batched matmul is far cheaper than B * K triangular solves
+        sinv = torch.cholesky_inverse(chol)  # (1 or B, K, D, D)
         diff = x[:, None, :] - a_b[:, None, None] * self.means[None]  # (B, K, D)
-        chol_b = chol.expand(b, -1, -1, -1)
-        z = torch.linalg.solve_triangular(chol_b, diff[..., None], upper=False)[..., 0]
-        sinv_diff = torch.cholesky_solve(diff[..., None], chol_b)[..., 0]  # (B, K, D)
-        logdet = 2 * torch.log(torch.diagonal(chol_b, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
-        log_comp = -0.5 * ((z**2).sum(-1) + logdet + self.dim * math.log(2 * math.pi))
+        if sinv.shape[0] == 1:
+            sinv_diff = torch.einsum("kij,bkj->bki", sinv[0], diff)  # (B, K, D)
+        else:
+            sinv_diff = torch.einsum("bkij,bkj->bki", sinv, diff)
+        mahalanobis = (diff * sinv_diff).sum(-1)  # (B, K)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (1 or B, K)
+        log_comp = -0.5 * (mahalanobis + logdet + self.dim * math.log(2 * math.pi))
         log_joint = torch.log(self.weights)[None] + log_comp
         log_p = torch.logsumexp(log_joint, dim=1)
         log_r = log_joint - log_p[:, None]
