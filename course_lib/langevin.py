@@ -38,6 +38,10 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     )
 
 
+def _device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
+    return generator.device if generator is not None else x.device
+
+
 def _check_steps(step_size: float, n_steps: int, name: str = "n_steps") -> None:
     if not step_size > 0:
         raise ValueError(f"the step size must be positive, got {step_size}")
@@ -150,10 +154,6 @@ def mala(
     return rec.result(x, nfe=n_steps + 1, acceptance_rate=rate)
 
 
-def _device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
-    return generator.device if generator is not None else x.device
-
-
 # --------------------------------------------------------------------------- annealed
 def _check_sigmas(sigmas: torch.Tensor | Sequence[float]) -> torch.Tensor:
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
@@ -219,7 +219,7 @@ def annealed_langevin(
     sigma_last = float(sigmas[-1])
     nfe = 0
     for i, sigma in enumerate(sigmas.tolist()):
-        alpha = eps * sigma / sigma_last
+        alpha = eps * sigma**2 / sigma_last**2
         sigma_b = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
         for t in range(n_steps_each):
             x = (
@@ -332,7 +332,7 @@ def n_levels_rule(sigma_max: float, sigma_min: float, dim: int, target: float = 
 def variance_ratio(eps: float, sigma_min: float, n_steps_each: int, gamma: float) -> float:
     """``s_T² / σ_i²``: the variance after ``T`` steps of :func:`annealed_langevin` at level
     ``σ_i`` over the target's, when the data is a single point and the chain starts at
-    the previous level's law ``N(0, σ_{i-1}² I)`` (Song & Ermon 2020, Prop. 3, eq. 6):
+    the previous level's law ``N(0, σ_{i-1}² I)`` (Song & Ermon 2020, Prop. 3):
 
     ``(1 − ε'/σ_L²)^{2T} (γ² − 2ε'/(σ_L² − σ_L²(1 − ε'/σ_L²)²)) + 2ε'/(σ_L² − σ_L²(1 −
     ε'/σ_L²)²)``,  ``γ = σ_{i-1}/σ_i``.
