@@ -27,6 +27,13 @@ SHARED_DATA = Path(os.environ.get("COURSE_SHARED_DATA", ROOT.parent / "shared" /
 
 os.environ.setdefault("COURSE_PROFILE", "smoke")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker (and per notebook kernel it starts): with two workers on two
+    # cores, torch's default of one thread per core makes them fight over the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _link_shared_data() -> None:
