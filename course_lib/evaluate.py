@@ -60,7 +60,8 @@ def frechet_distance(
 class FeatureNet(nn.Module):
     """A small CNN classifier whose penultimate layer (``dim`` features) feeds the
     Fréchet distance. Three conv blocks (16, 32, 64 channels, GroupNorm, SiLU, 2x
-    downsampling: small enough to train in a minute on a laptop CPU), global average pooling, a ``dim``-wide layer, then 10 logits."""
+    downsampling; small enough to train in a minute on a laptop CPU), global average
+    pooling, a ``dim``-wide layer, then 10 logits."""
 
     def __init__(self, in_channels: int = 1, dim: int = 128, num_classes: int = 10) -> None:
         super().__init__()
