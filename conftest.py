@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent
 SHARED_DATA = Path(os.environ.get("COURSE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 os.environ.setdefault("COURSE_PROFILE", "smoke")
-os.environ.setdefault("MPLBACKEND", "Agg")
+# no MPLBACKEND here: notebook kernels inherit this environment and need the inline
+# backend, or their figures vanish; this headless process picks Agg by itself
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one thread per worker (and per notebook kernel it starts): with two workers on two
     # cores, torch's default of one thread per core makes them fight over the cores

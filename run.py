@@ -68,7 +68,8 @@ def setup() -> Path:
 
 
 def course_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", **extra}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("MPLBACKEND", None)  # notebook kernels must use the inline backend
     env["PATH"] = f"{venv_python().parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 

@@ -35,7 +35,8 @@ def run_one(notebook: Path, profile: str) -> dict:
     )
     executed = ROOT / "_build" / "bench" / profile / notebook.name
     executed.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "COURSE_PROFILE": profile, "MPLBACKEND": "Agg"}
+    env = {**os.environ, "COURSE_PROFILE": profile}
+    env.pop("MPLBACKEND", None)  # the kernel uses the inline backend, as for a learner
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", code, str(notebook), str(notebook.parent), str(executed)],

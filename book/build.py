@@ -154,7 +154,8 @@ def build(profile: str | None = None, out: Path | None = None, root: Path = ROOT
     to_run = stage(cfg, profile, src, root)
     names = ", ".join(to_run) or "none"
     print(f"book: profile {profile}; executing {len(to_run)} chapter(s): {names}")
-    env = {**os.environ, "COURSE_PROFILE": profile, "MPLBACKEND": "Agg"}
+    env = {**os.environ, "COURSE_PROFILE": profile}
+    env.pop("MPLBACKEND", None)  # kernels must use the inline backend, or figures vanish
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [
         str(jb),

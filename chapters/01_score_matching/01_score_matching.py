@@ -602,10 +602,10 @@ for name, result in clean.items():
 #   integration by parts really does remove the unknown.
 # * **Gradient noise costs accuracy.** The explicit loss (a plain regression) is the
 #   most accurate for a given budget. Among the sample-only losses, the plain sliced
-#   loss, by far the noisiest, is clearly the worst; the exact trace, the Hutchinson
-#   trace and SSM-VR end up close to each other (their order changes from run to run:
-#   once the gradient noise is small, other factors take over). Longer training narrows
-#   all the gaps.
+#   loss, by far the noisiest, ends up the worst (by how much varies from seed to seed);
+#   the exact trace, the Hutchinson trace and SSM-VR end up close to each other, and
+#   their order changes from run to run: once the gradient noise is small, other factors
+#   take over. Longer training narrows all the gaps.
 # * **All of them fail in the same place.** The curves on the right all climb above the
 #   size of a typical score at low density: this is a property of the data weighting,
 #   not of a loss.
