@@ -23,19 +23,11 @@ from scipy.optimize import brentq, minimize_scalar
 from scipy.stats import norm
 
 from course_lib.sampling import Recorder, SampleResult
+from course_lib.tensors import randn_like, sq_norm
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]
 NoiseScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """``N(0, I)`` noise shaped like ``x`` from ``generator`` (drawn on its device)."""
-    if generator is None:
-        return torch.randn_like(x)
-    return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(
-        x.device
-    )
 
 
 def _device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
@@ -47,10 +39,6 @@ def _check_steps(step_size: float, n_steps: int, name: str = "n_steps") -> None:
         raise ValueError(f"the step size must be positive, got {step_size}")
     if n_steps < 1:
         raise ValueError(f"{name} must be a positive integer, got {n_steps}")
-
-
-def _sq_norm(v: torch.Tensor) -> torch.Tensor:
-    return v.reshape(v.shape[0], -1).pow(2).sum(1)
 
 
 # --------------------------------------------------------------------------- ULA / MALA
@@ -88,7 +76,7 @@ def ula(
     x = x_init.clone()
     rec(x, 0.0)
     for k in range(n_steps):
-        x = x + 0.5 * step_size * score_fn(x) + math.sqrt(step_size) * _randn_like(x, generator)
+        x = x + 0.5 * step_size * score_fn(x) + math.sqrt(step_size) * randn_like(x, generator)
         rec(x, (k + 1) * step_size, last=k == n_steps - 1)
     return rec.result(x, nfe=n_steps)
 
@@ -136,10 +124,10 @@ def mala(
 
     def log_q(to: torch.Tensor, frm: torch.Tensor, score_frm: torch.Tensor) -> torch.Tensor:
         """``log q(to | frm)`` up to the constant, which cancels in the ratio."""
-        return -_sq_norm(to - frm - 0.5 * step_size * score_frm) / (2 * step_size)
+        return -sq_norm(to - frm - 0.5 * step_size * score_frm) / (2 * step_size)
 
     for k in range(n_steps):
-        y = x + 0.5 * step_size * score + math.sqrt(step_size) * _randn_like(x, generator)
+        y = x + 0.5 * step_size * score + math.sqrt(step_size) * randn_like(x, generator)
         log_p_y, score_y = log_prob_fn(y), score_fn(y)
         log_alpha = log_p_y - log_p + log_q(x, y, score_y) - log_q(y, x, score)
         u = torch.rand(x.shape[0], generator=generator, device=_device(generator, x))
@@ -222,11 +210,7 @@ def annealed_langevin(
         alpha = eps * sigma**2 / sigma_last**2
         sigma_b = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
         for t in range(n_steps_each):
-            x = (
-                x
-                + 0.5 * alpha * score_fn(x, sigma_b)
-                + math.sqrt(alpha) * _randn_like(x, generator)
-            )
+            x = x + 0.5 * alpha * score_fn(x, sigma_b) + math.sqrt(alpha) * randn_like(x, generator)
             nfe += 1
             last = not denoise_last and i == len(sigmas) - 1 and t == n_steps_each - 1
             rec(x, sigma, last=last)

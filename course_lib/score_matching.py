@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from course_lib.gaussian_mixture import GaussianMixture
-from course_lib.tensors import batch_time, expand_like
+from course_lib.tensors import batch_time, expand_like, randn_like, sq_norm
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 NoiseScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,14 +38,6 @@ PROBES = ("rademacher", "gaussian")
 
 
 # --------------------------------------------------------------------------- helpers
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """``N(0, I)`` noise shaped like ``x``, drawn from ``generator`` when given (on the
-    generator's device, then moved, so a CPU generator also seeds GPU runs)."""
-    if generator is None:
-        return torch.randn_like(x)
-    return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(
-        x.device
-    )
 
 
 def _probes(
@@ -64,11 +56,6 @@ def _probes(
     else:
         v = torch.randint(0, 2, shape, generator=generator, device=device).to(like.dtype) * 2 - 1
     return v.to(like.device)
-
-
-def _sq_norm(v: torch.Tensor) -> torch.Tensor:
-    """``‖v_b‖²`` per sample, shape ``(B,)``."""
-    return v.reshape(v.shape[0], -1).pow(2).sum(1)
 
 
 def _divergence_and_output(
@@ -185,7 +172,7 @@ def explicit_score_matching(
         Scalar loss.
     """
     target = true_score(x) if callable(true_score) else true_score
-    return 0.5 * _sq_norm(score_fn(x) - target.to(x)).mean()
+    return 0.5 * sq_norm(score_fn(x) - target.to(x)).mean()
 
 
 def implicit_score_matching(
@@ -216,7 +203,7 @@ def implicit_score_matching(
         Scalar loss (differentiable in the model's parameters when gradients are enabled).
     """
     div, score = _divergence_and_output(score_fn, x, estimator, n_probes, probe, generator, None)
-    return (div + 0.5 * _sq_norm(score)).mean()
+    return (div + 0.5 * sq_norm(score)).mean()
 
 
 def sliced_score_matching(
@@ -259,7 +246,7 @@ def sliced_score_matching(
         v_score = (v * score).reshape(score.shape[0], -1).sum(1)  # vᵀ s, (P·B,)
         (g,) = torch.autograd.grad(v_score.sum(), x_rep, create_graph=create_graph)
     v_jac_v = (g * v).reshape(score.shape[0], -1).sum(1)
-    square = _sq_norm(score) if variance_reduced else v_score**2
+    square = sq_norm(score) if variance_reduced else v_score**2
     return (v_jac_v + 0.5 * square).reshape(n_projections, b).mean()
 
 
@@ -287,10 +274,10 @@ def denoising_score_matching(
         Scalar loss.
     """
     sigma = batch_time(sigma, x)
-    eps = _randn_like(x, generator)
+    eps = randn_like(x, generator)
     sigma_x = expand_like(sigma, x)
     x_tilde = x + sigma_x * eps
-    return 0.5 * _sq_norm(score_fn(x_tilde, sigma) + eps / sigma_x).mean()
+    return 0.5 * sq_norm(score_fn(x_tilde, sigma) + eps / sigma_x).mean()
 
 
 def multi_noise_dsm(
@@ -319,10 +306,10 @@ def multi_noise_dsm(
     device = generator.device if generator is not None else sigmas.device
     idx = torch.randint(sigmas.shape[0], (x.shape[0],), generator=generator, device=device)
     sigma = sigmas.to(device)[idx].to(x.device)
-    eps = _randn_like(x, generator)
+    eps = randn_like(x, generator)
     sigma_x = expand_like(sigma, x)
     x_tilde = x + sigma_x * eps
-    return 0.5 * _sq_norm(sigma_x * score_fn(x_tilde, sigma) + eps).mean()
+    return 0.5 * sq_norm(sigma_x * score_fn(x_tilde, sigma) + eps).mean()
 
 
 # --------------------------------------------------------------------------- model
@@ -398,7 +385,7 @@ def dsm_minimum(
     """
     x_tilde = gm.noised(1.0, sigma).sample(n, generator).double()
     score = gm.noised_score(x_tilde, 1.0, sigma)
-    return 0.5 * (gm.dim / sigma**2 - float(_sq_norm(score).mean()))
+    return 0.5 * (gm.dim / sigma**2 - float(sq_norm(score).mean()))
 
 
 def sigma_weighted_dsm_minimum(

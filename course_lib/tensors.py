@@ -30,3 +30,17 @@ def batch_time(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if t.ndim == 0:
         return t.expand(x.shape[0])
     return t
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``N(0, I)`` noise shaped like ``x``, drawn from ``generator`` when given (on the
+    generator's device, then moved, so that a CPU generator also seeds GPU runs)."""
+    if generator is None:
+        return torch.randn_like(x)
+    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+    return noise.to(x.device)
+
+
+def sq_norm(v: torch.Tensor) -> torch.Tensor:
+    """``||v_b||^2`` per sample, shape ``(B,)``."""
+    return v.reshape(v.shape[0], -1).pow(2).sum(1)
