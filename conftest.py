@@ -32,6 +32,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # one thread per worker (and per notebook kernel it starts): with two workers on two
     # cores, torch's default of one thread per core makes them fight over the cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("COURSE_THREADS", "1")  # what course_lib.get_config applies
     import torch
 
     torch.set_num_threads(1)

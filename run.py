@@ -10,6 +10,7 @@ virtual environment in ``.venv``.
     python3 run.py student   # write notebooks without solutions into student/
     python3 run.py sync      # re-pair chapters/*/*.py with their .ipynb (jupytext)
     python3 run.py bench     # time every chapter per profile (benchmarks/)
+    python3 run.py throughput  # training / sampling images/s of the image model
 
 PyTorch: if the Python that runs this script already has torch (a CUDA build, say), the
 virtual environment sees it (``--system-site-packages``) and it is never replaced;
@@ -129,6 +130,11 @@ def cmd_bench() -> None:
     sh(py, "benchmarks/run_chapters.py", *sys.argv[2:], env=course_env())
 
 
+def cmd_throughput() -> None:
+    py = setup()
+    sh(py, "benchmarks/throughput.py", *sys.argv[2:], env=course_env())
+
+
 COMMANDS = {
     "book": cmd_book,
     "test": cmd_test,
@@ -136,6 +142,7 @@ COMMANDS = {
     "student": cmd_student,
     "sync": cmd_sync,
     "bench": cmd_bench,
+    "throughput": cmd_throughput,
     "setup": setup,
 }
 

@@ -62,7 +62,7 @@ def results_card(executed: Path) -> dict:
         elif in_card:
             for out in cell.get("outputs", []):
                 lines += "".join(out.get("text", "")).splitlines()
-    quality = [ln.strip() for ln in lines if ln.strip().startswith("quality")]
+    quality = [ln.strip() for ln in lines if ln.strip().startswith(("quality", "throughput"))]
     device = next((ln.split("device=")[1].split(",")[0] for ln in lines if "device=" in ln), "?")
     return {"quality": "; ".join(quality) or "—", "device": device}
 

@@ -8,7 +8,9 @@ A chapter never branches on the profile itself. It asks for a size with
 * ``cpu``: the default without a GPU; good results on a laptop in minutes.
 * ``gpu``: the default when CUDA is present; real MNIST / CIFAR-10 runs.
 
-The profile comes from the ``COURSE_PROFILE`` environment variable.
+The profile comes from the ``COURSE_PROFILE`` environment variable. ``COURSE_THREADS``
+sets how many CPU threads torch uses (torch's default is one per core): on a shared
+machine, or with several notebooks running at once, ``COURSE_THREADS=1`` is often faster.
 """
 
 from __future__ import annotations
@@ -62,12 +64,15 @@ class Config:
             default ``"train"``; ``"test"`` lets an offline machine that only has
             the test split run the image chapters).
         seed: the seed chapters pass to :func:`seed_everything`.
+        threads: CPU threads for torch (``COURSE_THREADS``); ``None`` keeps torch's
+            default of one per core.
     """
 
     profile: str
     device: torch.device = field(default_factory=default_device)
     train_split: str = "train"
     seed: int = 0
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         check_profile(self.profile)
@@ -75,6 +80,8 @@ class Config:
             raise ValueError(
                 f"COURSE_TRAIN_SPLIT must be 'train' or 'test', not {self.train_split!r}."
             )
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"COURSE_THREADS must be a positive integer, not {self.threads}.")
 
     def pick(self, *, smoke: T, cpu: T, gpu: T) -> T:
         """The value for the active profile, e.g. ``cfg.pick(smoke=200, cpu=5_000,
@@ -91,17 +98,35 @@ class Config:
         name = self.device.type
         if name == "cuda":
             name += f" ({torch.cuda.get_device_name(self.device)})"
+        if name == "cpu":
+            name += f" ({torch.get_num_threads()} threads)"
         return f"profile={self.profile}, device={name}, torch={torch.__version__}"
+
+
+def _threads_from_env() -> int | None:
+    raw = os.environ.get("COURSE_THREADS", "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(
+            f"COURSE_THREADS must be a positive integer such as 1 or 4, not {raw!r}."
+        ) from None
 
 
 def get_config(profile: str | None = None) -> Config:
     """The active config: ``profile`` if given, else ``COURSE_PROFILE``, else the
-    machine's default (:func:`default_profile`)."""
+    machine's default (:func:`default_profile`). Applies ``COURSE_THREADS`` to torch."""
     name = profile or os.environ.get("COURSE_PROFILE") or default_profile()
-    return Config(
+    cfg = Config(
         profile=check_profile(name.strip().lower()),
         train_split=os.environ.get("COURSE_TRAIN_SPLIT", "train"),
+        threads=_threads_from_env(),
     )
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    return cfg
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

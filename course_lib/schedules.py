@@ -193,6 +193,19 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
     return DiscreteSchedule.from_betas(betas)
 
 
+FAMILIES: tuple[str, ...] = ("linear", "cosine")
+
+
+def by_name(name: str, T: int = 1000) -> DiscreteSchedule:
+    """The schedule family ``name`` (:data:`FAMILIES`) with ``T`` steps and the papers'
+    default parameters."""
+    if name == "linear":
+        return linear_schedule(T)
+    if name == "cosine":
+        return cosine_schedule(T)
+    raise ValueError(f"Unknown schedule {name!r}; valid families are {', '.join(FAMILIES)}.")
+
+
 def respace(
     schedule: DiscreteSchedule, timesteps: torch.Tensor | Sequence[int]
 ) -> DiscreteSchedule:

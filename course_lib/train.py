@@ -104,6 +104,7 @@ def train(
     weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
     ema_decay: float | None = None,
+    ema_warmup: bool = True,
     amp: bool = False,
     compile: bool = False,
     checkpoint: str | Path | None = None,
@@ -126,6 +127,10 @@ def train(
         grad_clip: clip the global gradient norm to this value (``None`` = off).
         ema_decay: keep ``ema = decay * ema + (1 - decay) * weights`` after each step
             (DDPM: 0.9999); ``None`` = no EMA.
+        ema_warmup: use ``min(ema_decay, (1 + k) / (10 + k))`` at step ``k`` (as in
+            TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so that in a
+            short run the average forgets the random initial weights: with a fixed
+            0.995, 28% of the EMA is still the initial net after 255 steps.
         amp: run the forward pass under bf16 autocast (use on CUDA).
         compile: ``torch.compile`` the model for the forward pass (GPU).
         checkpoint: a file to save to every ``checkpoint_every`` steps and at the end;
@@ -151,7 +156,13 @@ def train(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ValueError(
+                f"The checkpoint {ckpt} was written for a different model ({err}). "
+                "Delete it to train from scratch, or pass another checkpoint path."
+            ) from err
         opt.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
@@ -194,7 +205,8 @@ def train(
         opt.step()
         if ema is not None:
             with torch.no_grad():  # in place on the EMA's tensors: ema += (1 - decay)(w - ema)
-                torch._foreach_lerp_(ema_params, list(model.parameters()), 1 - ema_decay)
+                decay = min(ema_decay, (1 + step) / (10 + step)) if ema_warmup else ema_decay
+                torch._foreach_lerp_(ema_params, list(model.parameters()), 1 - decay)
                 for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
                     b_ema.copy_(b)
         buffer[(step - start) % log_every] = loss.detach().float()

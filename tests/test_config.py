@@ -47,3 +47,22 @@ def test_seed_everything_reproduces():
 def test_device_is_cpu_here_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert config.default_device().type in ("cpu", "mps")
+
+
+def test_threads_from_environment_are_applied(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("COURSE_THREADS", "1")
+        cfg = config.get_config("smoke")
+        assert cfg.threads == 1 and torch.get_num_threads() == 1
+        assert "1 threads" in cfg.describe()
+        monkeypatch.setenv("COURSE_THREADS", "many")
+        with pytest.raises(ValueError, match="COURSE_THREADS must be a positive integer"):
+            config.get_config("smoke")
+        monkeypatch.setenv("COURSE_THREADS", "0")
+        with pytest.raises(ValueError, match="COURSE_THREADS"):
+            config.get_config("smoke")
+        monkeypatch.delenv("COURSE_THREADS")
+        assert config.get_config("smoke").threads is None
+    finally:
+        torch.set_num_threads(before)

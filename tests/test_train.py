@@ -60,10 +60,30 @@ def test_ema_formula_one_step():
         steps=1,
         lr=0.1,
         ema_decay=0.9,
+        ema_warmup=False,
         grad_clip=None,
         progress=False,
     )
     assert torch.allclose(result.ema.weight, 0.9 * before + 0.1 * model.weight, atol=1e-6)
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+    """With warm-up the decay at step k is min(decay, (1 + k) / (10 + k)): 0.1 at the
+    first step, so the average is mostly the trained weights from the start."""
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    before = model.weight.detach().clone()
+    result = train.train(
+        model,
+        lambda m, b: m(b).sum(),
+        lambda s: torch.ones(4, 2),
+        steps=1,
+        lr=0.1,
+        ema_decay=0.999,
+        grad_clip=None,
+        progress=False,
+    )
+    assert torch.allclose(result.ema.weight, 0.1 * before + 0.9 * model.weight, atol=1e-6)
 
 
 def test_nan_loss_names_the_step():

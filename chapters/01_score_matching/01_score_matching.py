@@ -68,7 +68,6 @@ from course_lib.nets import UNet, count_parameters
 cfg = course_lib.get_config()
 generator = course_lib.seed_everything(cfg.seed)
 chapter_start = time.perf_counter()
-torch.set_num_threads(1)  # small tensors: extra CPU threads cost more than they give (see below)
 print(cfg.describe())
 
 # %% [markdown]
@@ -190,10 +189,11 @@ course_lib.show(sm.explicit_score_matching)
 # level). Every loss of the chapter trains the same architecture from the same initial
 # weights, for the same number of steps, through the course's one training loop. Since
 # the target scores never change, we compute them once (`s_data` above) and draw them in
-# the same batches as the points. The 2D models stay on the CPU, on one thread (set at the
-# top): for nets and batches this small, launching GPU kernels or coordinating CPU
-# threads costs more than the arithmetic, and on a busy machine extra threads can make
-# a step ten times slower.
+# the same batches as the points. The 2D models stay on the CPU even when a GPU is
+# present: for nets and batches this small, launching GPU kernels costs more than the
+# arithmetic. (On a busy machine, or with several notebooks open, torch's default of
+# one thread per core can make a step much slower; `COURSE_THREADS=1` in the
+# environment fixes that course-wide.)
 
 # %%
 course_lib.show(score_figures.ToyScoreNet)
@@ -1102,9 +1102,9 @@ widgets.interact(
 # denoise held-out digits with Tweedie's formula at each training level. Pixels are scaled
 # to $[-1, 1]$, so $\sigma = 0.8$ is very heavy noise.
 #
-# The chapter still runs on one CPU thread (or on the GPU). On a machine of your own with
-# idle cores, `torch.set_num_threads(4)` before the next cell speeds the U-Net up; on a
-# shared machine one thread is usually fastest.
+# On a CPU the U-Net is the slow part of the chapter, and it is the part that gains from
+# more cores: on an idle two-core laptop two threads train it almost twice as fast as
+# one (torch's default uses them all; `COURSE_THREADS` overrides it).
 #
 # As a reference we use the best *linear* denoiser: fit one Gaussian $\mathcal N(\mu, C)$
 # to the training images; for Gaussian data the posterior mean is linear (the Wiener

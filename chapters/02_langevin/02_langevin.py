@@ -728,14 +728,15 @@ course_lib.show(langevin.n_levels_rule, docstring=False)
 print(f"{'data':>22} | {'D':>5} | {'sigma_1':>7} | {'sigma_L':>7} | levels L by the rule")
 for name, dim, s_max, s_min in [
     ("2D toy (gaussians8)", 2, g8_sigma_1, 0.02),
-    ("MNIST in [-1, 1]", 784, 30.0, 0.02),
+    ("MNIST in [-1, 1]", 784, 30.0, 0.05),
     ("CIFAR-10 in [0, 255]/255", 3072, 50.0, 0.01),
 ]:
     n_levels = langevin.n_levels_rule(s_max, s_min, dim)
     print(f"{name:>22} | {dim:5d} | {s_max:7.2f} | {s_min:7.2f} | {n_levels}")
 
 # %% [markdown]
-# The paper's CIFAR-10 model used $\sigma_1 = 50$ and $L = 232$ levels with $T = 5$
+# The paper's CIFAR-10 model used $\sigma_1 = 50$ and $L = 232$ levels (a criterion of
+# about 0.57, slightly more overlap than the 0.5 that gives the rule's 220) with $T = 5$
 # steps each: over a thousand network evaluations per sample.
 #
 # **Technique 3: divide by $\sigma$.** The true score of $p_\sigma$ scales like
@@ -818,7 +819,7 @@ course_lib.show(NoiseConditionalScore)
 ncsn_toys = ["gaussians8", "moons"]
 n_levels_toy = cfg.pick(smoke=10, cpu=30, gpu=30)
 sigma_min_toy = 0.02
-steps_toy = cfg.pick(smoke=40, cpu=2500, gpu=8000)
+steps_toy = cfg.pick(smoke=40, cpu=6000, gpu=8000)
 toy_runs = {}
 for name in ncsn_toys:
     x_train = toys.sample(name, 20_000, generator)
@@ -960,19 +961,21 @@ plt.show()
 # The same recipe works on images, with a U-Net in place of the MLP (the course's small
 # DDPM-style U-Net, conditioned on $c(\sigma) = \log(\sigma)/4$ through its time
 # embedding, and divided by $\sigma$). The pixels are scaled to $[-1, 1]$, so technique 1
-# gives a $\sigma_1$ of about thirty: the largest distance between two digits. Technique 2
-# then asks for about ninety-five levels in 784 dimensions.
+# gives a $\sigma_1$ of about thirty: the largest distance between two digits. We stop at
+# $\sigma_L = 0.05$, a fortieth of the pixel range: below it the noise is invisible, the
+# score is hardest to learn, and the final Tweedie step removes what is left. Technique 2
+# then asks for over eighty levels in 784 dimensions.
 #
 # A CPU budget of a couple of minutes is tiny for an image model: the original NCSN
 # trained for 200,000 steps at batch 128 on a GPU. The `cpu` profile therefore trains a
-# small U-Net (about 0.3 M parameters) for under a thousand steps: enough for digit-like
+# small U-Net (about 0.3 M parameters) for five hundred steps: enough for digit-like
 # strokes. The `gpu` profile trains a larger net for longer.
 
 # %%
 mnist = data.load("mnist", split=cfg.train_split)
 x_mnist = mnist.subset(cfg.pick(smoke=1000, cpu=10_000, gpu=60_000), generator).to_float()
 mnist_sigma_1 = langevin.sigma_max_rule(x_mnist, generator=generator)
-mnist_sigma_L = 0.02
+mnist_sigma_L = 0.05
 mnist_L = langevin.n_levels_rule(mnist_sigma_1, mnist_sigma_L, 784)
 mnist_L = cfg.pick(smoke=10, cpu=mnist_L, gpu=mnist_L)  # smoke: a few levels, every code path
 mnist_sigmas = langevin.geometric_sigmas(mnist_sigma_1, mnist_sigma_L, mnist_L)
@@ -996,7 +999,7 @@ mnist_result = train.train(
     train.random_batches(
         x_mnist.to(cfg.device), batch_size=cfg.pick(smoke=8, cpu=64, gpu=128), generator=generator
     ),
-    steps=cfg.pick(smoke=4, cpu=800, gpu=8000),
+    steps=cfg.pick(smoke=4, cpu=500, gpu=8000),
     lr=2e-3,
     ema_decay=cfg.pick(smoke=0.9, cpu=0.99, gpu=0.999),
     amp=cfg.use_amp,
@@ -1072,7 +1075,7 @@ print(f"sampling {n_images} images with T = {mnist_T} took {mnist_sample_seconds
 # with the falling noise, and the samples are scribbles of the right stroke width; with
 # five, the *same* network gives digit-like shapes. With a budget of a few minutes on a
 # CPU, expect many of the samples to be strokes, loops and fragments rather than clean
-# digits; the network, trained for under a thousand steps, is the bottleneck. The `gpu`
+# digits; the network, trained for five hundred steps, is the bottleneck. The `gpu`
 # profile trains a larger U-Net ten times longer with the same code.
 #
 # ## Results card
@@ -1109,7 +1112,7 @@ print(
 # sampler would score). For MNIST there is no standard sample-quality number (papers
 # use either Inception features of upsampled digits or a small classifier's features,
 # and the two are not comparable), so the card states the budget; the original NCSN showed MNIST
-# samples after 200,000 training steps at batch 128 on a GPU, against under a thousand CPU
+# samples after 200,000 training steps at batch 128 on a GPU, against five hundred CPU
 # steps here.
 #
 # ## Summary

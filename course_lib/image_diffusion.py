@@ -1,0 +1,310 @@
+"""The course's image diffusion model: one recipe per data set and profile, trained once.
+
+Chapter 3 (DDPM) trains an ``eps``-prediction U-Net on MNIST (and CIFAR-10 on a GPU)
+with the simple loss of DDPM Algorithm 1; chapter 4 (DDIM) samples the *same* network
+with other samplers, which is DDIM's point. Both chapters call
+:func:`train_image_diffusion` with the same recipe: the first call trains and writes an
+atomic checkpoint, and every later call (another chapter, or the same chapter after a
+Colab session ended mid-training) resumes from it, which takes seconds once training is
+complete.
+
+A recipe fixes everything that determines the weights (data, U-Net, schedule, training
+budget, seed), and the checkpoint's file name carries a hash of it, so changing any of
+them trains a new model instead of loading a stale one.
+
+On CUDA the loop runs under bf16 autocast, the U-Net uses the channels-last memory
+layout, the training images live on the GPU (no Python data loader per batch), and
+``compile=True`` adds ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from course_lib import data as data_module
+from course_lib import ddpm, schedules, train
+from course_lib.config import Config
+from course_lib.unet import UNet
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """Everything that determines a trained image model.
+
+    Attributes:
+        dataset: a name of :data:`course_lib.data.NAMES`.
+        n_images: how many training images (a fixed random subset; ``None`` = all).
+        base_channels, channel_mults, num_res_blocks, attention_levels, dropout: the
+            :class:`~course_lib.unet.UNet`.
+        schedule: ``"linear"`` (DDPM) or ``"cosine"`` (improved DDPM).
+        T: number of diffusion steps.
+        steps, batch_size, lr, warmup_steps, ema_decay: the training budget.
+        flip: random horizontal flips (CIFAR-10; digits must not be mirrored).
+        seed: seeds the initial weights and the batches.
+    """
+
+    dataset: str
+    n_images: int | None
+    base_channels: int
+    channel_mults: tuple[int, ...]
+    num_res_blocks: int
+    attention_levels: tuple[int, ...]
+    dropout: float
+    schedule: str
+    T: int
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    ema_decay: float
+    flip: bool = False
+    seed: int = 0
+
+    def key(self) -> str:
+        """A short hash of the recipe, part of the checkpoint's file name."""
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+_MNIST = dict(dataset="mnist", schedule="linear", T=1000, num_res_blocks=1, dropout=0.0)
+_CIFAR = dict(dataset="cifar10", schedule="linear", T=1000, flip=True)
+#: ``(dataset, profile) -> recipe``. ``smoke`` takes every code path in seconds; ``cpu``
+#: gives digit-like samples in about two minutes of training on two cores; ``gpu`` is a
+#: few minutes (MNIST) to half an hour (CIFAR-10) on one modern GPU.
+RECIPES: dict[tuple[str, str], ImageRecipe] = {
+    ("mnist", "smoke"): ImageRecipe(
+        **_MNIST,
+        n_images=512,
+        base_channels=8,
+        channel_mults=(1, 2),
+        attention_levels=(),
+        steps=6,
+        batch_size=16,
+        lr=2e-3,
+        warmup_steps=0,
+        ema_decay=0.9,
+    ),
+    ("mnist", "cpu"): ImageRecipe(
+        **_MNIST,
+        n_images=None,
+        base_channels=16,
+        channel_mults=(1, 2, 2),
+        attention_levels=(),
+        steps=1500,
+        batch_size=64,
+        lr=2e-3,
+        warmup_steps=100,
+        ema_decay=0.995,
+    ),
+    ("mnist", "gpu"): ImageRecipe(
+        **_MNIST,
+        n_images=None,
+        base_channels=32,
+        channel_mults=(1, 2, 2),
+        attention_levels=(2,),
+        steps=8000,
+        batch_size=256,
+        lr=1e-3,
+        warmup_steps=500,
+        ema_decay=0.999,
+    ),
+    ("cifar10", "smoke"): ImageRecipe(
+        **_CIFAR,
+        n_images=256,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(),
+        dropout=0.0,
+        steps=4,
+        batch_size=8,
+        lr=2e-3,
+        warmup_steps=0,
+        ema_decay=0.9,
+    ),
+    ("cifar10", "cpu"): ImageRecipe(
+        **_CIFAR,
+        n_images=None,
+        base_channels=32,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        attention_levels=(),
+        dropout=0.1,
+        steps=1500,
+        batch_size=64,
+        lr=2e-4,
+        warmup_steps=200,
+        ema_decay=0.995,
+    ),
+    ("cifar10", "gpu"): ImageRecipe(
+        **_CIFAR,
+        n_images=None,
+        base_channels=64,
+        channel_mults=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_levels=(1,),
+        dropout=0.1,
+        steps=40_000,
+        batch_size=128,
+        lr=2e-4,
+        warmup_steps=1000,
+        ema_decay=0.9995,
+    ),
+}
+
+
+def recipe(cfg: Config, dataset: str = "mnist", **overrides: object) -> ImageRecipe:
+    """The recipe for ``dataset`` in ``cfg``'s profile, with optional field overrides
+    (e.g. ``steps=20_000`` to train longer; that is a new model with its own checkpoint)."""
+    if (dataset, cfg.profile) not in RECIPES:
+        names = sorted({d for d, _ in RECIPES})
+        raise ValueError(f"No image recipe for {dataset!r}; recipes exist for {names}.")
+    base = RECIPES[(dataset, cfg.profile)]
+    unknown = set(overrides) - set(asdict(base))
+    if unknown:
+        raise ValueError(f"Unknown recipe fields {sorted(unknown)}; valid: {sorted(asdict(base))}")
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def make_unet(r: ImageRecipe, channels: int) -> UNet:
+    """The recipe's U-Net for images with ``channels`` channels."""
+    return UNet(
+        channels,
+        base_channels=r.base_channels,
+        channel_mults=r.channel_mults,
+        num_res_blocks=r.num_res_blocks,
+        attention_levels=r.attention_levels,
+        dropout=r.dropout,
+    )
+
+
+@dataclass
+class ImageDiffusion:
+    """A trained image model and what chapters need around it.
+
+    Attributes:
+        recipe: the :class:`ImageRecipe`.
+        model: the EMA weights, in eval mode: ``model(x_t, t / T)`` predicts ``eps``.
+        schedule: the training schedule.
+        images: the training images in ``[-1, 1]``, ``(N, C, H, W)``, on the device.
+        labels: their labels ``(N,)``.
+        result: the :class:`~course_lib.train.TrainResult` (losses of every step).
+        checkpoint: where the training state is kept.
+        resumed_at: the step the checkpoint held when training started (``recipe.steps``
+            means the model was loaded, not trained).
+    """
+
+    recipe: ImageRecipe
+    model: nn.Module
+    schedule: schedules.DiscreteSchedule
+    images: torch.Tensor
+    labels: torch.Tensor
+    result: train.TrainResult
+    checkpoint: Path
+    resumed_at: int
+
+    @property
+    def trained_now(self) -> bool:
+        """Whether (some of) the training ran in this call rather than being loaded."""
+        return self.resumed_at < self.recipe.steps
+
+
+def checkpoint_path(r: ImageRecipe, cfg: Config) -> Path:
+    """``<data root>/checkpoints/ddpm-<dataset>-<split>-<recipe hash>.pt``."""
+    name = f"ddpm-{r.dataset}-{cfg.train_split}-{r.key()}.pt"
+    return data_module.data_root() / "checkpoints" / name
+
+
+def _completed_steps(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+
+
+def train_image_diffusion(
+    cfg: Config,
+    dataset: str = "mnist",
+    r: ImageRecipe | None = None,
+    compile: bool = False,
+    progress: bool = True,
+    checkpoint_every: int = 250,
+) -> ImageDiffusion:
+    """Train (or resume, or load) the recipe's ``eps``-prediction DDPM on ``dataset``.
+
+    The loss is DDPM's simple loss, :func:`course_lib.ddpm.loss` (Algorithm 1), and the
+    loop is the course's one :func:`course_lib.train.train`, with EMA weights, atomic
+    checkpoints every ``checkpoint_every`` steps, and bf16 autocast + channels-last on
+    CUDA.
+
+    Args:
+        cfg: the active config (profile, device, training split).
+        dataset: ``"mnist"``, ``"fashion_mnist"`` or ``"cifar10"``.
+        r: the recipe (default :func:`recipe` ``(cfg, dataset)``).
+        compile: ``torch.compile`` the U-Net (GPU; the first steps then take a minute).
+        progress: show the training bar.
+        checkpoint_every: save this often, so an interrupted run loses little.
+    """
+    r = r or recipe(cfg, dataset)
+    if r.dataset != dataset:
+        raise ValueError(f"recipe is for {r.dataset!r}, not {dataset!r}")
+    ds = data_module.load(dataset, split=cfg.train_split)
+    if r.n_images is not None and r.n_images < len(ds):
+        ds = ds.subset(r.n_images, torch.Generator().manual_seed(r.seed))
+    images = ds.to_float().to(cfg.device)
+    labels = ds.labels.to(cfg.device)
+    schedule = schedules.by_name(r.schedule, r.T)
+    with torch.random.fork_rng(devices=[]):  # the chapter's own random stream is untouched
+        torch.manual_seed(r.seed)
+        model = make_unet(r, images.shape[1]).to(cfg.device)
+    channels_last = cfg.device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # batch indices are drawn on the CPU; the noise and flips on the images' device
+    batches = train.random_batches(
+        images, batch_size=r.batch_size, generator=torch.Generator().manual_seed(r.seed)
+    )
+    generator = torch.Generator(device=cfg.device).manual_seed(r.seed + 1)
+
+    def loss_fn(net: nn.Module, x0: torch.Tensor) -> torch.Tensor:
+        if r.flip:
+            flip = torch.rand(x0.shape[0], device=x0.device, generator=generator) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+        if channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        return ddpm.loss(net, x0, schedule, "eps", generator)
+
+    path = checkpoint_path(r, cfg)
+    resumed_at = _completed_steps(path)
+    with torch.random.fork_rng(devices=[]):
+        result = train.train(
+            model,
+            loss_fn,
+            batches,
+            steps=r.steps,
+            lr=r.lr,
+            warmup_steps=r.warmup_steps,
+            ema_decay=r.ema_decay,
+            amp=cfg.use_amp,
+            compile=compile,
+            checkpoint=path,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+            desc=f"DDPM on {dataset}",
+        )
+    assert result.ema is not None
+    return ImageDiffusion(
+        recipe=r,
+        model=result.ema.eval(),
+        schedule=schedule,
+        images=images,
+        labels=labels,
+        result=result,
+        checkpoint=path,
+        resumed_at=resumed_at,
+    )

@@ -1,0 +1,29 @@
+"""The benchmark scripts run and write their tables (their figures are not asserted:
+speed belongs in benchmarks/, never in a timed test)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_script_writes_a_table(tmp_path):
+    out = tmp_path / "throughput.md"
+    env = {**os.environ, "COURSE_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = ["--profile", "smoke", "--train-steps", "2", "--warmup", "1", "--samples", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), *args, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = out.read_text()
+    assert "## mnist, recipe `smoke`" in table
+    rows = [ln for ln in table.splitlines() if ln.startswith(("| train", "| sample"))]
+    kinds = [r.split("|")[1].strip() for r in rows]
+    assert kinds == ["train", "sample ddpm-1000", "sample ddim-50"]
+    assert all(float(r.split("|")[4].replace(",", "")) > 0 for r in rows)
