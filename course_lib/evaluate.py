@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from course_lib import data as data_module
 from course_lib import train as train_module
+from course_lib.config import Config
 
 
 def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,8 +112,11 @@ class Evaluator:
         return frechet_distance(mu, cov, self.ref_mu, self.ref_cov)
 
 
-def _cache_path(name: str, split: str) -> Path:
-    return data_module.data_root() / "classifiers" / f"{name}-{split}.pt"
+def _cache_path(name: str, split: str, steps: int, max_images: int | None) -> Path:
+    """One file per training budget: a quick smoke-profile classifier must never be
+    reused where a full one was asked for."""
+    size = "all" if max_images is None else str(max_images)
+    return data_module.data_root() / "classifiers" / f"{name}-{split}-{steps}steps-{size}.pt"
 
 
 def train_evaluator(
@@ -174,9 +178,10 @@ def load_evaluator(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Evaluator:
-    """The evaluator for a data set: loaded from ``data/classifiers/<name>-<split>.pt``
-    if cached, else trained on ``data.load(name, split)`` and cached (atomically)."""
-    path = _cache_path(name, split)
+    """The evaluator for a data set: loaded from
+    ``data/classifiers/<name>-<split>-<steps>steps-<max_images>.pt`` if cached, else
+    trained on ``data.load(name, split)`` and cached (atomically)."""
+    path = _cache_path(name, split, steps, max_images)
     ds = data_module.load(name, split)
     if path.exists():
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -196,6 +201,18 @@ def load_evaluator(
     )
     os.replace(tmp, path)
     return ev
+
+
+def course_evaluator(cfg: Config, name: str = "mnist") -> Evaluator:
+    """The evaluator every chapter uses for ``name`` in ``cfg``'s profile (one place for
+    its budget, so chapters 3, 4 and later report the same classifier-feature FID)."""
+    return load_evaluator(
+        name,
+        split=cfg.train_split,
+        steps=cfg.pick(smoke=40, cpu=1000, gpu=1500),
+        max_images=cfg.pick(smoke=1000, cpu=None, gpu=None),
+        device=cfg.device,
+    )
 
 
 def inception_fid(samples: torch.Tensor, reference: torch.Tensor) -> float:

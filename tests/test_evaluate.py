@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib import data, evaluate
+from course_lib import config, data, evaluate
 
 
 def test_frechet_distance_closed_form_for_diagonal_gaussians():
@@ -79,11 +79,30 @@ def test_mnist_evaluator_learns_and_separates_real_from_noise(tmp_path, monkeypa
         "mnist", "test", steps=250, max_images=2000, batch_size=64, progress=False
     )
     assert ev.accuracy > 0.75  # held-out images; chance is 0.1
-    assert (tmp_path / "classifiers" / "mnist-test.pt").exists()
+    assert (tmp_path / "classifiers" / "mnist-test-250steps-2000.pt").exists()
     real = data.load("mnist", "test").subset(500, torch.Generator().manual_seed(5)).to_float()
     noise = torch.rand(500, 1, 28, 28) * 2 - 1
     blurred = torch.nn.functional.avg_pool2d(real, 3, 1, 1)
     fid_real, fid_blur, fid_noise = ev.fid(real), ev.fid(blurred), ev.fid(noise)
     assert fid_real < fid_blur < fid_noise
-    cached = evaluate.load_evaluator("mnist", "test", progress=False)  # from the cache
+    cached = evaluate.load_evaluator(  # from the cache
+        "mnist", "test", steps=250, max_images=2000, progress=False
+    )
     assert cached.fid(real) == pytest.approx(fid_real, rel=1e-5)
+    assert len(list((tmp_path / "classifiers").iterdir())) == 1
+
+
+def test_course_evaluator_caches_one_classifier_per_budget(tmp_path, monkeypatch):
+    if not SHARED.is_dir():
+        pytest.skip(f"the MNIST test split is not at {SHARED}")
+    (tmp_path / "mnist").mkdir()
+    for f in SHARED.glob("*.gz"):
+        (tmp_path / "mnist" / f.name).symlink_to(f)
+    monkeypatch.setenv("COURSE_DATA", str(tmp_path))
+    monkeypatch.setenv("COURSE_TRAIN_SPLIT", "test")
+    cfg = config.get_config("smoke")
+    first = evaluate.course_evaluator(cfg, "mnist")
+    assert [p.name for p in (tmp_path / "classifiers").iterdir()] == ["mnist-test-40steps-1000.pt"]
+    again = evaluate.course_evaluator(cfg, "mnist")
+    x = torch.zeros(4, 1, 28, 28)
+    assert torch.equal(first.features(x), again.features(x))
