@@ -59,8 +59,8 @@ def recipe(cfg: Config, toy: str, **overrides: object) -> ToyRecipe:
         schedule="linear",
         T=1000,
         parameterization="eps",
-        steps=cfg.pick(smoke=30, cpu=4_000, gpu=10_000),
-        batch_size=cfg.pick(smoke=128, cpu=512, gpu=1024),
+        steps=cfg.pick(smoke=30, cpu=3_000, gpu=10_000),
+        batch_size=cfg.pick(smoke=128, cpu=256, gpu=1024),
         lr=2e-3,
         ema_decay=cfg.pick(smoke=0.9, cpu=0.995, gpu=0.999),
     )
