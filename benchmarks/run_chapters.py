@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -31,7 +30,9 @@ def run_one(notebook: Path, profile: str) -> dict:
         "nb = nbformat.read(sys.argv[1], as_version=4);"
         "NotebookClient(nb, timeout=3600, kernel_name='python3',"
         " resources={'metadata': {'path': sys.argv[2]}}).execute();"
-        "nbformat.write(nb, sys.argv[3])"
+        "nbformat.write(nb, sys.argv[3]);"
+        "import resource;"  # the kernel has exited: its peak is this process's children's
+        "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
     executed = ROOT / "_build" / "bench" / profile / notebook.name
     executed.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +46,8 @@ def run_one(notebook: Path, profile: str) -> dict:
         text=True,
     )
     seconds = time.perf_counter() - t0
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peaks = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("PEAK_KIB")]
+    peak_mib = int(peaks[0]) / 1024 if peaks else float("nan")
     if proc.returncode != 0:
         return {"seconds": seconds, "peak_mib": peak_mib, "error": proc.stderr[-500:]}
     return {"seconds": seconds, "peak_mib": peak_mib, **results_card(executed)}
@@ -71,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", default="smoke,cpu")
     parser.add_argument("--chapters", default="", help="comma-separated prefixes, e.g. 00,01")
+    parser.add_argument("--out", type=Path, default=OUT, help="markdown file to write")
     args = parser.parse_args()
     prefixes = [p for p in args.chapters.split(",") if p]
     notebooks = [
@@ -101,8 +104,8 @@ def main() -> None:
             f"| {name} | {profile} | {r.get('device', '?')} | {r['seconds']:.0f} s "
             f"| {r['peak_mib']:.0f} MiB | {quality} |"
         )
-    OUT.write_text("\n".join(table) + "\n")
-    print(OUT.read_text())
+    args.out.write_text("\n".join(table) + "\n")
+    print(args.out.read_text())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@
 # | --- | --- |
 # | **Learning goals** | *Derive* the closed-form marginal $q(x_t \mid x_0)$ and the posterior $q(x_{t-1} \mid x_t, x_0)$ of the forward process. *Derive* the variational bound and the simple $\varepsilon$-prediction loss from it, and *convert* between the $\varepsilon$, $x_0$, $v$ and score parameterisations. *Implement* the forward sample and one ancestral step. *Compare* the linear and cosine schedules, the two reverse variances, and a learned model with the exact one. *Measure* samples (MMD, classifier-feature FID, nearest neighbours) and the bound in bits per dimension. |
 # | **Prerequisites** | Chapter 0 (the Gaussian-mixture ground truth), chapter 1 (denoising score matching, Tweedie's formula), chapter 2 (annealed Langevin dynamics, noise-conditional networks); products of Gaussian densities; the Kullback–Leibler divergence. |
-# | **Run time** | `smoke` ≈ 30 s · `cpu` ≈ 14 min on one CPU thread, less on several (9 of them train the 2D and MNIST models, which chapter 4 then loads from their checkpoints) · `gpu` ≈ 4 min |
+# | **Run time** | `smoke` ≈ 30 s · `cpu` ≈ 5 min on two cores (3 of them train the 2D and MNIST models, which chapter 4 then loads from their checkpoints) · `gpu` ≈ 4 min (not yet measured) |
 
 # %% [markdown]
 # The next cell does something only on Google Colab: it installs `course_lib`, the
@@ -725,7 +725,7 @@ plt.show()
 course_lib.show(ddpm.exact_model, docstring=False)
 
 # %%
-n_eval = cfg.pick(smoke=300, cpu=1000, gpu=4000)
+n_eval = cfg.pick(smoke=300, cpu=800, gpu=4000)
 n_steps = cfg.pick(smoke=100, cpu=1000, gpu=1000)  # sampling steps (1000 = every step)
 toy_quality = {}
 toy_runs = {}
@@ -861,7 +861,7 @@ plt.show()
 # also records the state every 125 steps for the strip below.
 
 # %%
-n_samples = cfg.pick(smoke=4, cpu=36, gpu=400)
+n_samples = cfg.pick(smoke=4, cpu=32, gpu=400)
 device_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 3)
 x_T = torch.randn(n_samples, 1, 28, 28, generator=device_gen, device=cfg.device)
 sample_start = time.perf_counter()
@@ -929,7 +929,7 @@ plt.show()
 # comparable with any paper's FID**: it is a yardstick for comparing runs of this course.
 #
 # An FID estimated from a few dozen images is biased upwards (the covariance of 128
-# features from 36 images is poor), so the number only means something beside
+# features from 32 images is poor), so the number only means something beside
 # references computed the same way: the FID of the same number of *real* images (its
 # floor), and of pure noise (the starting point $x_T$, clipped).
 

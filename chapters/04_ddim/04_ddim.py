@@ -23,7 +23,7 @@
 # | --- | --- |
 # | **Learning goals** | *Derive* the family of non-Markovian processes that share DDPM's marginals and the DDIM update with its noise knob $\eta$. *Show* that $\eta = 1$ is DDPM's ancestral sampler and that $\eta = 0$ is the Euler method for an ODE. *Compare* DDIM ($\eta = 0, 1$) and DDPM's ancestral sampler from 5 to 1000 steps with one trained model, on a 2D toy and on MNIST, in the shape of DDIM's Table 1. *Invert* data into latents and *interpolate* between latents with slerp. |
 # | **Prerequisites** | Chapter 3 (the forward process, the posterior $q(x_{t-1}\mid x_t, x_0)$, the simple loss, ancestral sampling) and chapter 1 (denoising score matching, Tweedie's formula). |
-# | **Run time** | `smoke` ≈ 30 s · `cpu` ≈ 3 min once chapter 3 has trained its models (they are loaded from disk; 10–15 min if this chapter has to train them and the evaluation classifier) · `gpu` ≈ 5–10 min, plus about half an hour if the CIFAR-10 model is not trained yet |
+# | **Run time** | `smoke` ≈ 30 s · `cpu` ≈ 2 min once chapter 3 has trained its models (they are loaded from disk; about 5 min if this chapter has to train them and the evaluation classifier) · `gpu` ≈ 5–10 min, plus about half an hour if the CIFAR-10 model is not trained yet (not yet measured) |
 
 # %% [markdown]
 # The next cell does something only on Google Colab: it installs `course_lib`, the
