@@ -209,7 +209,7 @@ def course_evaluator(cfg: Config, name: str = "mnist") -> Evaluator:
     return load_evaluator(
         name,
         split=cfg.train_split,
-        steps=cfg.pick(smoke=40, cpu=500, gpu=1500),
+        steps=cfg.pick(smoke=40, cpu=300, gpu=1500),
         max_images=cfg.pick(smoke=1000, cpu=None, gpu=None),
         device=cfg.device,
     )

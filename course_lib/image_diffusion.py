@@ -75,7 +75,7 @@ class ImageRecipe:
 _MNIST = dict(dataset="mnist", schedule="linear", T=1000, num_res_blocks=1, dropout=0.0)
 _CIFAR = dict(dataset="cifar10", schedule="linear", T=1000, flip=True)
 #: ``(dataset, profile) -> recipe``. ``smoke`` takes every code path in seconds. ``cpu``
-#: is 1200 steps at batch 32 (two to three minutes on two cores; a step of the 0.3M-
+#: is 1000 steps at batch 32 (about two minutes on two cores; a step of the 0.3M-
 #: parameter U-Net costs about 0.1 s there): digit-like samples, many of them readable.
 #: ``gpu`` is a few minutes (MNIST) to half an hour (CIFAR-10) on one modern GPU. The
 #: CIFAR-10 ``cpu`` recipe exists for completeness: an hour of CPU gives blurry blobs.
@@ -98,7 +98,7 @@ RECIPES: dict[tuple[str, str], ImageRecipe] = {
         base_channels=16,
         channel_mults=(1, 2, 2),
         attention_levels=(),
-        steps=1200,
+        steps=1000,
         batch_size=32,
         lr=2e-3,
         warmup_steps=100,

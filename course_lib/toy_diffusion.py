@@ -59,7 +59,7 @@ def recipe(cfg: Config, toy: str, **overrides: object) -> ToyRecipe:
         schedule="linear",
         T=1000,
         parameterization="eps",
-        steps=cfg.pick(smoke=30, cpu=2_000, gpu=10_000),
+        steps=cfg.pick(smoke=30, cpu=1_500, gpu=10_000),
         batch_size=cfg.pick(smoke=128, cpu=256, gpu=1024),
         lr=2e-3,
         ema_decay=cfg.pick(smoke=0.9, cpu=0.995, gpu=0.999),

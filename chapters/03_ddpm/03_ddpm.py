@@ -725,7 +725,7 @@ plt.show()
 course_lib.show(ddpm.exact_model, docstring=False)
 
 # %%
-n_eval = cfg.pick(smoke=300, cpu=800, gpu=4000)
+n_eval = cfg.pick(smoke=300, cpu=600, gpu=4000)
 n_steps = cfg.pick(smoke=100, cpu=1000, gpu=1000)  # sampling steps (1000 = every step)
 toy_quality = {}
 toy_runs = {}
@@ -861,7 +861,7 @@ plt.show()
 # also records the state every 125 steps for the strip below.
 
 # %%
-n_samples = cfg.pick(smoke=4, cpu=32, gpu=400)
+n_samples = cfg.pick(smoke=4, cpu=25, gpu=400)
 device_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 3)
 x_T = torch.randn(n_samples, 1, 28, 28, generator=device_gen, device=cfg.device)
 sample_start = time.perf_counter()
@@ -911,8 +911,8 @@ plt.show()
 # us, and the last few hundred steps only refine strokes. Most of what the sample *is* gets decided in the middle of the chain, where
 # the log-SNR is near zero; that is where the cosine schedule spends more of its steps.
 #
-# With the `cpu` profile's budget (1200 steps at batch 32, some forty thousand digits
-# seen, two to three minutes on two cores), expect many, but not all, samples to read as digits; some are
+# With the `cpu` profile's budget (1000 steps at batch 32, some thirty thousand
+# digits seen, about two minutes on two cores), expect many, but not all, samples to read as digits; some are
 # broken strokes or hybrids of two classes. That is the network's budget, not the
 # method: the `gpu` profile trains a bigger U-Net on some fifty times more images with
 # the same code.
@@ -929,7 +929,7 @@ plt.show()
 # comparable with any paper's FID**: it is a yardstick for comparing runs of this course.
 #
 # An FID estimated from a few dozen images is biased upwards (the covariance of 128
-# features from 32 images is poor), so the number only means something beside
+# features from 25 images is poor), so the number only means something beside
 # references computed the same way: the FID of the same number of *real* images (its
 # floor), and of pure noise (the starting point $x_T$, clipped).
 
@@ -1041,7 +1041,7 @@ for who, model in (("learned", g8.model), ("exact", ddpm.exact_model(g8_twin, g8
 # report the standard error of the mean with it.
 
 # %%
-n_bits_images = cfg.pick(smoke=2, cpu=8, gpu=128)
+n_bits_images = cfg.pick(smoke=2, cpu=6, gpu=128)
 x_bits = data.load("mnist", split="test").subset(n_bits_images, generator).to_float().to(cfg.device)
 bits_start = time.perf_counter()
 mnist_terms = ddpm.elbo_terms(
