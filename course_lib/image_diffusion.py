@@ -159,6 +159,13 @@ RECIPES: dict[tuple[str, str], ImageRecipe] = {
         ema_decay=0.9995,
     ),
 }
+# Fashion-MNIST has MNIST's shape and size: the same budgets serve it.
+RECIPES.update(
+    {
+        ("fashion_mnist", profile): replace(RECIPES[("mnist", profile)], dataset="fashion_mnist")
+        for profile in ("smoke", "cpu", "gpu")
+    }
+)
 
 
 def recipe(cfg: Config, dataset: str = "mnist", **overrides: object) -> ImageRecipe:
