@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from course_lib.ddpm import Model, check_parameterization, predict, randn_like
+from course_lib.ddpm import Model, check_parameterization, predict
 from course_lib.sampling import Recorder, SampleResult
 from course_lib.schedules import DiscreteSchedule, respace
+from course_lib.tensors import randn_like
 
 KINDS: tuple[str, ...] = ("uniform", "quadratic")
 Steps = int | Sequence[int] | torch.Tensor | None

@@ -37,6 +37,7 @@ from course_lib import ddim, ddpm, metrics, plotting
 from course_lib.ddpm import Model
 from course_lib.sampling import SampleResult
 from course_lib.schedules import DiscreteSchedule, respace
+from course_lib.tensors import randn_like
 
 #: the names of the samplers of :func:`samplers`, used as the rows of every table
 DDIM0 = "DDIM, η = 0"
@@ -120,7 +121,7 @@ def naive_skip_sample(
         pred = ddpm.predict(model, x, t, schedule)
         x = ddpm.q_posterior(pred.x0, x, t, schedule).mean
         if t > 1:
-            x = x + math.sqrt(float(schedule.beta[t])) * ddpm.randn_like(x, g)
+            x = x + math.sqrt(float(schedule.beta[t])) * randn_like(x, g)
     return SampleResult(x=x, nfe=len(grid))
 
 

@@ -30,7 +30,7 @@ import torch
 from course_lib.gaussian_mixture import GaussianMixture
 from course_lib.sampling import Recorder, SampleResult
 from course_lib.schedules import DiscreteSchedule
-from course_lib.tensors import batch_time, expand_like
+from course_lib.tensors import batch_time, expand_like, randn_like
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PARAMETERIZATIONS: tuple[str, ...] = ("eps", "x0", "v")
@@ -76,12 +76,6 @@ def _at(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``values[t]`` (a schedule quantity, float64 on the CPU) shaped to broadcast
     against ``x``: ``()`` -> ``(1, ..., 1)``, ``(B,)`` -> ``(B, 1, ..., 1)``."""
     return expand_like(values.to(device=x.device, dtype=x.dtype)[t], x)
-
-
-def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise of the shape, dtype and device of ``x``."""
-    # drawn on x's device: pass a generator that lives there (a CPU one for CPU tensors)
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def call_model(
