@@ -19,16 +19,14 @@ layout, the training images live on the GPU (no Python data loader per batch), a
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from course_lib import data as data_module
-from course_lib import ddpm, schedules, train
+from course_lib import ddpm, recipes, schedules, train
 from course_lib.config import Config
 from course_lib.unet import UNet
 
@@ -65,11 +63,6 @@ class ImageRecipe:
     ema_decay: float
     flip: bool = False
     seed: int = 0
-
-    def key(self) -> str:
-        """A short hash of the recipe, part of the checkpoint's file name."""
-        text = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 _MNIST = dict(dataset="mnist", schedule="linear", T=1000, num_res_blocks=1, dropout=0.0)
@@ -174,11 +167,7 @@ def recipe(cfg: Config, dataset: str = "mnist", **overrides: object) -> ImageRec
     if (dataset, cfg.profile) not in RECIPES:
         names = sorted({d for d, _ in RECIPES})
         raise ValueError(f"No image recipe for {dataset!r}; recipes exist for {names}.")
-    base = RECIPES[(dataset, cfg.profile)]
-    unknown = set(overrides) - set(asdict(base))
-    if unknown:
-        raise ValueError(f"Unknown recipe fields {sorted(unknown)}; valid: {sorted(asdict(base))}")
-    return replace(base, **overrides)  # type: ignore[arg-type]
+    return recipes.override(RECIPES[(dataset, cfg.profile)], **overrides)
 
 
 def make_unet(r: ImageRecipe, channels: int) -> UNet:
@@ -205,8 +194,6 @@ class ImageDiffusion:
         labels: their labels ``(N,)``.
         result: the :class:`~course_lib.train.TrainResult` (losses of every step).
         checkpoint: where the training state is kept.
-        resumed_at: the step the checkpoint held when training started (``recipe.steps``
-            means the model was loaded, not trained).
     """
 
     recipe: ImageRecipe
@@ -216,7 +203,11 @@ class ImageDiffusion:
     labels: torch.Tensor
     result: train.TrainResult
     checkpoint: Path
-    resumed_at: int
+
+    @property
+    def resumed_at(self) -> int:
+        """The step the checkpoint held before this call (``recipe.steps``: loaded)."""
+        return self.result.resumed_at
 
     @property
     def trained_now(self) -> bool:
@@ -226,14 +217,8 @@ class ImageDiffusion:
 
 def checkpoint_path(r: ImageRecipe, cfg: Config) -> Path:
     """``<data root>/checkpoints/ddpm-<dataset>-<split>-<recipe hash>.pt``."""
-    name = f"ddpm-{r.dataset}-{cfg.train_split}-{r.key()}.pt"
+    name = f"ddpm-{r.dataset}-{cfg.train_split}-{recipes.key(r)}.pt"
     return data_module.data_root() / "checkpoints" / name
-
-
-def _completed_steps(path: Path) -> int:
-    if not path.exists():
-        return 0
-    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
 
 
 def train_image_diffusion(
@@ -289,7 +274,6 @@ def train_image_diffusion(
         return ddpm.loss(net, x0, schedule, "eps", generator)
 
     path = checkpoint_path(r, cfg)
-    resumed_at = _completed_steps(path)
     with torch.random.fork_rng(devices=[]):
         result = train.train(
             model,
@@ -315,5 +299,4 @@ def train_image_diffusion(
         labels=labels,
         result=result,
         checkpoint=path,
-        resumed_at=resumed_at,
     )

@@ -8,16 +8,14 @@ the first one's model in a fraction of a second instead of training its own.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from course_lib import data as data_module
-from course_lib import ddpm, schedules, toys, train
+from course_lib import ddpm, recipes, schedules, toys, train
 from course_lib.config import Config
 from course_lib.nets import MLP
 
@@ -41,10 +39,6 @@ class ToyRecipe:
     ema_decay: float
     seed: int = 0
 
-    def key(self) -> str:
-        """A short hash of the recipe, part of the checkpoint's file name."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
-
 
 def recipe(cfg: Config, toy: str, **overrides: object) -> ToyRecipe:
     """The recipe for ``toy`` (a name of :data:`course_lib.toys.NAMES`) in ``cfg``'s
@@ -64,10 +58,7 @@ def recipe(cfg: Config, toy: str, **overrides: object) -> ToyRecipe:
         lr=2e-3,
         ema_decay=cfg.pick(smoke=0.9, cpu=0.995, gpu=0.999),
     )
-    unknown = set(overrides) - set(asdict(base))
-    if unknown:
-        raise ValueError(f"Unknown recipe fields {sorted(unknown)}; valid: {sorted(asdict(base))}")
-    return replace(base, **overrides)  # type: ignore[arg-type]
+    return recipes.override(base, **overrides)
 
 
 @dataclass
@@ -82,7 +73,11 @@ class ToyDiffusion:
     x0: torch.Tensor
     result: train.TrainResult
     checkpoint: Path
-    resumed_at: int
+
+    @property
+    def resumed_at(self) -> int:
+        """The step the checkpoint held before this call (``recipe.steps``: loaded)."""
+        return self.result.resumed_at
 
 
 def train_toy_diffusion(
@@ -100,12 +95,7 @@ def train_toy_diffusion(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(r.seed)
         model = MLP(dim=2, hidden=r.hidden, depth=r.depth)
-    path = data_module.data_root() / "checkpoints" / f"ddpm-toy-{toy}-{r.key()}.pt"
-    resumed_at = (
-        int(torch.load(path, map_location="cpu", weights_only=False)["step"])
-        if path.exists()
-        else 0
-    )
+    path = data_module.data_root() / "checkpoints" / f"ddpm-toy-{toy}-{recipes.key(r)}.pt"
     with torch.random.fork_rng(devices=[]):
         result = train.train(
             model,
@@ -120,4 +110,4 @@ def train_toy_diffusion(
             desc=f"DDPM on {toy}",
         )
     assert result.ema is not None
-    return ToyDiffusion(r, result.ema.eval(), schedule, x0, result, path, resumed_at)
+    return ToyDiffusion(r, result.ema.eval(), schedule, x0, result, path)

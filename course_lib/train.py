@@ -36,6 +36,8 @@ class TrainResult:
         losses: the loss of every step, ``losses[i]`` for step ``i``.
         seconds: wall time of the steps run in this call.
         steps: total steps done, including those before a resume.
+        resumed_at: the step the checkpoint held when this call started (0 without one;
+            ``steps`` when the run was already complete and nothing was trained).
     """
 
     model: nn.Module
@@ -43,6 +45,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+    resumed_at: int = 0
 
     @property
     def best(self) -> nn.Module:
@@ -226,7 +229,9 @@ def train(
     bar.close()
     save(steps)
     model.eval()
-    return TrainResult(model=model, ema=ema, losses=losses, seconds=seconds, steps=steps)
+    return TrainResult(
+        model=model, ema=ema, losses=losses, seconds=seconds, steps=steps, resumed_at=start
+    )
 
 
 def moving_average(values: Sequence[float], window: int = 50) -> list[float]:

@@ -125,6 +125,7 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path):
     run(30, ckpt)
     assert ckpt.exists() and not list(tmp_path.glob("*.tmp"))
     resumed = run(60, ckpt)
+    assert resumed.resumed_at == 30 and full.resumed_at == 0
     assert len(resumed.losses) == 60
     assert torch.allclose(resumed.model.weight, full.model.weight, atol=1e-6)
     assert torch.allclose(resumed.ema.weight, full.ema.weight, atol=1e-6)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib import config, data, image_diffusion, toy_diffusion, train
+from course_lib import config, data, image_diffusion, recipes, toy_diffusion, train
 from course_lib.unet import UNet
 
 
@@ -57,11 +57,11 @@ def test_recipe_key_changes_with_every_field():
                "parameterization": "v", "steps": 3, "batch_size": 4, "lr": 0.5,
                "ema_decay": 0.5, "seed": 9}  # fmt: skip
     assert set(changes) == set(asdict(base)) - {"toy"}
-    keys = {toy_diffusion.recipe(smoke(), "moons", **{k: v}).key() for k, v in changes.items()}
-    assert base.key() not in keys and len(keys) == len(changes)
-    assert (
-        image_diffusion.recipe(smoke(), "mnist").key()
-        != image_diffusion.recipe(smoke(), "mnist", steps=7).key()
+    changed = [toy_diffusion.recipe(smoke(), "moons", **{k: v}) for k, v in changes.items()]
+    keys = {recipes.key(r) for r in changed}
+    assert recipes.key(base) not in keys and len(keys) == len(changes)
+    assert recipes.key(image_diffusion.recipe(smoke(), "mnist")) != recipes.key(
+        image_diffusion.recipe(smoke(), "mnist", steps=7)
     )
 
 
@@ -113,7 +113,7 @@ def test_image_model_trains_checkpoints_and_reloads(data_root):
     first = image_diffusion.train_image_diffusion(cfg, "mnist", progress=False)
     r = first.recipe
     assert first.trained_now and first.checkpoint.exists()
-    assert first.checkpoint.name == f"ddpm-mnist-{cfg.train_split}-{r.key()}.pt"
+    assert first.checkpoint.name == f"ddpm-mnist-{cfg.train_split}-{recipes.key(r)}.pt"
     assert first.images.shape == (r.n_images, 1, 28, 28)
     assert -1.0 <= float(first.images.min()) and float(first.images.max()) <= 1.0
     assert first.labels.shape == (r.n_images,)
