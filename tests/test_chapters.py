@@ -77,3 +77,25 @@ def test_chapter_ends_with_results_summary_and_reading(py):
     for heading in ("## Results card", "## Summary", "## Further reading"):
         assert heading in text
     assert "{cite}" in text
+
+
+#: course_lib's runtime dependencies that a Colab runtime already has (its own builds are
+#: kept: the set-up cell installs course_lib with --no-deps), and those only the local
+#: JupyterLab needs. Everything else in pyproject.toml must be installed by the set-up cell.
+COLAB_HAS = {"torch", "numpy", "scipy", "matplotlib", "scikit-learn", "ipywidgets", "tqdm"}
+NOT_IN_A_KERNEL = {"ipykernel", "jupyterlab", "jupytext"}
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.stem)
+def test_colab_setup_installs_what_colab_lacks(py):
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower(): d for d in deps}
+    unknown = set(names) - COLAB_HAS - NOT_IN_A_KERNEL
+    setup = next(c.source for c in jupytext.read(py).cells if c.cell_type == "code")
+    installed = set(re.findall(r'"install", "-q", "([^"]+)"', setup))
+    assert installed == {names[n] for n in unknown}, (
+        f"{py.name}: the Colab cell must pip-install exactly {sorted(names[n] for n in unknown)} "
+        f"(as pyproject.toml declares them), found {sorted(installed)}"
+    )

@@ -48,6 +48,8 @@ if "google.colab" in sys.modules:  # Colab only: install course_lib, keep Colab'
         ],
         check=True,
     )
+    # what Colab lacks of course_lib's dependencies (kept in step with pyproject.toml by a test)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "torchdiffeq>=0.2.3"], check=True)
     from google.colab import output
 
     output.enable_custom_widget_manager()  # ipywidgets 8 on Colab
