@@ -94,10 +94,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 
 
 def _digest(notebook: Path) -> str:
-    spec = importlib.util.spec_from_file_location("course_book_build", ROOT / "book" / "build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import sys
+
+    module = sys.modules.get("course_book_build")
+    if module is None:
+        spec = importlib.util.spec_from_file_location(
+            "course_book_build", ROOT / "book" / "build.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["course_book_build"] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
     return module.source_digest(notebook, ROOT)
 
 

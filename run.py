@@ -4,7 +4,7 @@
 Needs only Python 3.10+ (standard library) to start; everything else goes into a
 virtual environment in ``.venv``.
 
-    python3 run.py book      # set up, execute every chapter, build the HTML book
+    python3 run.py book      # set up, execute every chapter, build the HTML book (-j N)
     python3 run.py test      # set up, run the whole test suite (what CI runs)
     python3 run.py lab       # set up, open JupyterLab on the chapters
     python3 run.py student   # write notebooks without solutions into student/
@@ -77,7 +77,7 @@ def course_env(**extra: str) -> dict[str, str]:
 
 def cmd_book() -> None:
     py = setup()
-    sh(py, "book/build.py", env=course_env())
+    sh(py, "book/build.py", *sys.argv[2:], env=course_env())
 
 
 def cmd_test() -> None:

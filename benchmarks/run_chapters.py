@@ -26,11 +26,10 @@ OUT = ROOT / "benchmarks" / "results.md"
 def run_one(notebook: Path, profile: str) -> dict:
     """Execute ``notebook`` in a child process; return its timings and results card."""
     code = (
-        "import sys, nbformat; from nbclient import NotebookClient;"
-        "nb = nbformat.read(sys.argv[1], as_version=4);"
-        "NotebookClient(nb, timeout=3600, kernel_name='python3',"
-        " resources={'metadata': {'path': sys.argv[2]}}).execute();"
-        "nbformat.write(nb, sys.argv[3]);"
+        # the course's runner: nbclient without the Output-widget stall (course_lib.runner)
+        "import sys; from pathlib import Path; from course_lib.runner import execute_notebook;"
+        "execute_notebook(Path(sys.argv[1]), Path(sys.argv[3]), cell_timeout=3600,"
+        " progress=None);"
         "import resource;"  # the kernel has exited: its peak is this process's children's
         "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )

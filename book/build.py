@@ -1,20 +1,25 @@
-"""Build the Jupyter Book from ``book.yml``.
+"""Build the Jupyter Book from ``book.yml``: execute the chapters, then render them.
 
-Jupyter Book 1 (Sphinx) builds offline, executing the notebooks; Jupyter Book 2 would
-download its theme at build time, so the course stays on 1.x. This script turns the one
-configuration, ``book.yml``, into the ``_config.yml`` and ``_toc.yml`` that Jupyter Book
-reads, in a staging folder under ``_build/`` (so nobody edits generated copies), and
-stages the chapters there:
+Jupyter Book 1 (Sphinx) builds offline; Jupyter Book 2 would download its theme at build
+time, so the course stays on 1.x. This script turns the one configuration, ``book.yml``,
+into the ``_config.yml`` and ``_toc.yml`` that Jupyter Book reads, in a staging folder
+under ``_build/`` (so nobody edits generated copies). It executes the chapters itself,
+with the course's runner (:mod:`course_lib.runner`), before Jupyter Book renders them
+with its own execution switched off:
 
-* a chapter that the test run has already executed in the same profile, from the same
-  sources (``_build/executed/<profile>/``, written by ``tests/conftest.py``), is used
-  with its outputs and not executed again;
-* every other chapter is executed by the build, in the profile of ``COURSE_PROFILE``
-  (default: ``execution.profile`` of ``book.yml``).
+* a chapter already executed in the same profile from the same sources (its copy in
+  ``_build/executed/<profile>/`` carries a digest of the chapter and of ``course_lib``;
+  the test run writes those copies too) is reused, not executed again;
+* the others run in a fresh kernel each, in the order ``needs`` of ``book.yml`` asks
+  (a chapter that loads another's trained models runs after it), ``-j N`` at a time
+  when independent, each printing its progress (section, cell count, elapsed and
+  expected time from ``benchmarks/results.md``);
+* a cell that raises or outlives the per-cell timeout stops its chapter with a message
+  naming the chapter and the cell; the build ends with a table of every chapter's
+  status and time (also written to ``<out>/timings.md``) and fails if any chapter did.
 
-Any cell error fails the build.
-
-Usage: ``python book/build.py [--profile smoke|cpu|gpu] [--out _build/book]``
+Usage: ``python book/build.py [--profile smoke|cpu|gpu] [--out _build/book] [-j N]
+[--timeout SECONDS]``
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -62,7 +71,7 @@ def sphinx_config(cfg: dict, profile: str) -> dict:
         "copyright": str(cfg.get("copyright", "")),
         "only_build_toc_files": True,
         "execute": {
-            "execute_notebooks": "force",
+            "execute_notebooks": "off",  # executed by run_chapters() first
             "timeout": int(execution.get("timeout", 1800)),
             "allow_errors": False,
             "stderr_output": "show",
@@ -98,29 +107,20 @@ def sphinx_config(cfg: dict, profile: str) -> dict:
     }
 
 
-def stage(cfg: dict, profile: str, src: Path, root: Path = ROOT) -> list[str]:
-    """Write the book's sources into ``src``; return the chapters that will be executed."""
+def stage(cfg: dict, profile: str, src: Path, root: Path = ROOT) -> None:
+    """Write the book's sources into ``src``: the pages, and every chapter's executed copy
+    (all of them must be up to date: :func:`run_chapters` first)."""
     if src.exists():
         shutil.rmtree(src)
     src.mkdir(parents=True)
-    to_run = []
     for page in [cfg["intro"], *cfg.get("appendix", [])]:
         shutil.copy(root / page, src / Path(page).name)
     shutil.copy(root / cfg["bibliography"], src / "references.bib")
     for rel in cfg["chapters"]:
-        nb_path = root / rel
+        nb = nbformat.read(executed_copy(root / rel, profile, root), as_version=4)
+        nb.metadata["mystnb"] = {"execution_mode": "off"}
         dst = src / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        done = executed_copy(nb_path, profile, root)
-        nb = None
-        if done.exists():
-            cand = nbformat.read(done, as_version=4)
-            if cand.metadata.get("course", {}).get("digest") == source_digest(nb_path, root):
-                nb = cand
-                nb.metadata["mystnb"] = {"execution_mode": "off"}
-        if nb is None:
-            nb = nbformat.read(nb_path, as_version=4)
-            to_run.append(rel)
         nbformat.write(nb, dst)
     toc = {
         "format": "jb-book",
@@ -138,11 +138,173 @@ def stage(cfg: dict, profile: str, src: Path, root: Path = ROOT) -> list[str]:
     }
     (src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
     (src / "_config.yml").write_text(yaml.safe_dump(sphinx_config(cfg, profile), sort_keys=False))
-    return to_run
 
 
-def build(profile: str | None = None, out: Path | None = None, root: Path = ROOT) -> Path:
-    """Stage and build the book; return the path of its ``index.html``."""
+# ------------------------------------------------------------------ executing chapters
+@dataclass
+class Outcome:
+    """How one chapter fared: ``status`` is ``"ran"``, ``"kept"`` (its executed copy
+    was up to date) or ``"failed"`` (``reason`` says where and why)."""
+
+    chapter: str
+    status: str
+    seconds: float = 0.0
+    reason: str = ""
+
+
+def is_up_to_date(notebook: Path, profile: str, root: Path = ROOT) -> bool:
+    """Whether ``notebook``'s executed copy in ``profile`` was made from the current
+    chapter source and ``course_lib``."""
+    done = executed_copy(notebook, profile, root)
+    if not done.exists():
+        return False
+    meta = nbformat.read(done, as_version=4).metadata.get("course", {})
+    return meta.get("digest") == source_digest(notebook, root)
+
+
+def expected_seconds(profile: str, root: Path = ROOT) -> dict[str, float]:
+    """Each chapter's measured wall time in ``profile`` from ``benchmarks/results.md``
+    (rows ``| 03_ddpm | cpu | device | 287 s | ...``; the first row of a chapter wins)."""
+    path = root / "benchmarks" / "results.md"
+    found: dict[str, float] = {}
+    if not path.exists():
+        return found
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[1] == profile and cells[3].endswith(" s"):
+            try:
+                found.setdefault(cells[0], float(cells[3][:-2]))
+            except ValueError:
+                continue
+    return found
+
+
+def schedule(
+    chapters: list[str],
+    needs: dict[str, list[str]],
+    jobs: int,
+    run_one: Callable[[str], Outcome],
+) -> dict[str, Outcome]:
+    """Run ``run_one(chapter)`` for every chapter, at most ``jobs`` at a time, starting a
+    chapter only once the chapters it ``needs`` (those among ``chapters``) have finished.
+    A chapter whose need failed still runs: it trains what it would have loaded."""
+    unknown = {n for deps in needs.values() for n in deps} - set(chapters)
+    pending = list(chapters)
+    done: dict[str, Outcome] = {}
+    running: dict[Future[Outcome], str] = {}
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        while pending or running:
+            ready = [c for c in pending if all(d in done or d in unknown for d in needs.get(c, []))]
+            if not ready and not running:
+                raise ValueError(f"book.yml: the needs of {pending} form a cycle")
+            for c in ready[: max(1, jobs) - len(running)]:
+                pending.remove(c)
+                running[pool.submit(run_one, c)] = c
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                done[running.pop(f)] = f.result()
+    return done
+
+
+def run_in_subprocess(
+    notebook: Path,
+    profile: str,
+    cell_timeout: int,
+    expected: float | None,
+    threads: int | None,
+    root: Path = ROOT,
+) -> Outcome:
+    """Execute ``notebook`` with ``python -m course_lib.runner`` in ``profile`` (its
+    progress lines are echoed), then store it as the executed copy with its digest."""
+    name = notebook.stem
+    digest = source_digest(notebook, root)  # of the sources this run starts from
+    tmp = executed_copy(notebook, profile, root).with_name(f".{notebook.name}.run")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "COURSE_PROFILE": profile, "PYTHONUNBUFFERED": "1"}
+    env.pop("MPLBACKEND", None)  # kernels must use the inline backend, or figures vanish
+    if threads is not None:  # chapters side by side: split the cores between them
+        env.setdefault("COURSE_THREADS", str(threads))
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    cmd = [sys.executable, "-m", "course_lib.runner", str(notebook), "--out", str(tmp)]
+    cmd += ["--label", name, "--timeout", str(cell_timeout)]
+    if expected:
+        cmd += ["--expected", str(expected)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=root, env=env, text=True, stdout=subprocess.PIPE)
+    reason = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("FAILED "):
+            reason = line.removeprefix("FAILED ").strip()
+        if not line.startswith("SECONDS "):
+            print(line, end="", flush=True)
+    seconds = time.perf_counter() - t0
+    if proc.wait() != 0:
+        return Outcome(name, "failed", seconds, reason or f"the runner exited {proc.returncode}")
+    nb = nbformat.read(tmp, as_version=4)
+    nb.metadata["course"] = {"profile": profile, "digest": digest}
+    nbformat.write(nb, tmp)
+    tmp.replace(executed_copy(notebook, profile, root))
+    return Outcome(name, "ran", seconds)
+
+
+def run_chapters(
+    cfg: dict, profile: str, jobs: int = 1, cell_timeout: int | None = None, root: Path = ROOT
+) -> list[Outcome]:
+    """Execute every chapter whose executed copy is missing or stale; return one
+    :class:`Outcome` per chapter, in the book's order."""
+    notebooks = {Path(rel).stem: root / rel for rel in cfg["chapters"]}
+    needs = {k: list(v) for k, v in (cfg.get("needs") or {}).items()}
+    for k, deps in needs.items():
+        if k not in notebooks or any(d not in notebooks for d in deps):
+            raise ValueError(f"book.yml: needs of {k!r} name an unknown chapter: {deps}")
+    to_run = [n for n, nb in notebooks.items() if not is_up_to_date(nb, profile, root)]
+    kept = [n for n in notebooks if n not in to_run]
+    expected = expected_seconds(profile, root)
+    timeout = cell_timeout or int(cfg.get("execution", {}).get("timeout", 1800))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 and len(to_run) > 1 else None
+    print(
+        f"book: profile {profile}; {len(kept)} chapter(s) up to date, executing "
+        f"{len(to_run)} ({', '.join(to_run) or 'none'}) with -j {jobs}; "
+        f"cell timeout {timeout} s",
+        flush=True,
+    )
+    lock = threading.Lock()
+
+    def run_one(name: str) -> Outcome:
+        outcome = run_in_subprocess(
+            notebooks[name], profile, timeout, expected.get(name), threads, root
+        )
+        with lock:
+            print(f"book: {name} {outcome.status} in {outcome.seconds:.0f} s", flush=True)
+        return outcome
+
+    done = schedule(to_run, needs, jobs, run_one)
+    return [done.get(n) or Outcome(n, "kept") for n in notebooks]
+
+
+def timings_table(outcomes: list[Outcome], expected: dict[str, float]) -> str:
+    """The build's closing table: chapter, status, measured and expected time."""
+    rows = ["| chapter | status | time | expected |", "| --- | --- | --- | --- |"]
+    for o in outcomes:
+        status = "up to date (reused)" if o.status == "kept" else o.status
+        if o.status == "failed":
+            status = f"FAILED: {o.reason}"
+        took = f"{o.seconds:.0f} s" if o.status != "kept" else "—"
+        exp = f"{expected[o.chapter]:.0f} s" if o.chapter in expected else "—"
+        rows.append(f"| {o.chapter} | {status} | {took} | {exp} |")
+    return "\n".join(rows)
+
+
+def build(
+    profile: str | None = None,
+    out: Path | None = None,
+    root: Path = ROOT,
+    jobs: int = 1,
+    cell_timeout: int | None = None,
+) -> Path:
+    """Execute the chapters that need it, stage and render the book; return the path of
+    its ``index.html``. Raises ``SystemExit`` naming the failed chapters."""
     cfg = read_book_config(root)
     profile = (
         profile
@@ -151,9 +313,20 @@ def build(profile: str | None = None, out: Path | None = None, root: Path = ROOT
     )
     out = out or root / "_build" / "book"
     src = out / "src"
-    to_run = stage(cfg, profile, src, root)
-    names = ", ".join(to_run) or "none"
-    print(f"book: profile {profile}; executing {len(to_run)} chapter(s): {names}")
+    t_all = time.perf_counter()
+    outcomes = run_chapters(cfg, profile, jobs, cell_timeout, root)
+    table = timings_table(outcomes, expected_seconds(profile, root))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "timings.md").write_text(f"Profile {profile}, -j {jobs}.\n\n{table}\n")
+    print(table, flush=True)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise SystemExit(
+            "book build failed: "
+            + "; ".join(f"{o.chapter} ({o.reason})" for o in failed)
+            + ". Fix the chapter, then run the build again: chapters that passed are kept."
+        )
+    stage(cfg, profile, src, root)
     env = {**os.environ, "COURSE_PROFILE": profile}
     env.pop("MPLBACKEND", None)  # kernels must use the inline backend, or figures vanish
     jb = Path(sys.executable).with_name("jupyter-book")
@@ -180,7 +353,10 @@ def build(profile: str | None = None, out: Path | None = None, root: Path = ROOT
         print(log[-6000:])
         raise SystemExit(f"book build failed (full log: {out / 'build.log'})")
     index = out / "_build" / "html" / "index.html"
-    print(f"book: built in {time.perf_counter() - t0:.0f} s -> {index}")
+    print(
+        f"book: rendered in {time.perf_counter() - t0:.0f} s, "
+        f"{time.perf_counter() - t_all:.0f} s in all -> {index}"
+    )
     return index
 
 
@@ -188,8 +364,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=["smoke", "cpu", "gpu"], default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="chapters run side by side")
+    parser.add_argument("--timeout", type=int, default=None, help="seconds per cell")
     args = parser.parse_args()
-    build(args.profile, args.out)
+    if args.jobs < 1:
+        parser.error("-j must be at least 1")
+    build(args.profile, args.out, jobs=args.jobs, cell_timeout=args.timeout)
 
 
 if __name__ == "__main__":
