@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -42,7 +43,7 @@ from typing import Any
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 #: the longest a reply can go unnoticed if the socket's wake-up is lost anyway
 POLL_SLICE_S = 0.25
@@ -216,6 +217,10 @@ def execute_notebook(
     except CellExecutionError as err:
         reason = f"{err.ename}: {err.evalue}" if err.ename else "the cell raised"
         raise ChapterError(where(), reason) from err
+    except DeadKernelError as err:
+        raise ChapterError(
+            where(), "the kernel died (out of memory? try a smaller profile or batch)"
+        ) from err
     finally:
         state["done"] = True
     result.seconds = time.perf_counter() - t0
@@ -244,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     parser.add_argument("--expected", type=float, default=None, help="usual seconds")
     args = parser.parse_args(argv)
+    # a terminated run (the book build stopped, a CI time-out) must not orphan its kernel:
+    # SystemExit unwinds through nbclient, which shuts the kernel down on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         r = execute_notebook(
             args.notebook,

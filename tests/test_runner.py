@@ -251,3 +251,10 @@ def test_expected_seconds_read_from_the_benchmark_table(tmp_path):
     )
     assert "| 03_ddpm | ran | 290 s | 287 s |" in table
     assert "| 04_ddim | FAILED: cell 2 | 3 s | — |" in table
+
+
+def test_a_dying_kernel_is_reported_not_hung(tmp_path):
+    nb = _notebook(tmp_path / "ch.ipynb", [nbformat.v4.new_code_cell("import os\nos._exit(1)")])
+    with pytest.raises(runner.ChapterError, match="kernel died") as err:
+        runner.execute_notebook(nb, None, "06_k", cell_timeout=60, progress=None)
+    assert err.value.where == "06_k, cell 1/1 (start)"
