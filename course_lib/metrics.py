@@ -13,14 +13,28 @@ Even two independent samples of the *same* law give a positive value (the "floor
 which shrinks like ``1/n``; :func:`floor` measures it, so a result can be read as "close
 to what two samples of the truth give". Image metrics (Fréchet distances on classifier
 features) live in :mod:`course_lib.evaluate`.
+
+When the target density ``p`` is known exactly (every toy has a Gaussian-mixture twin),
+a much sharper yardstick is the KL divergence of the samples' law ``q`` from ``p``,
+
+    ``KL(q || p) = E_q[-log p] - H(q)``,
+
+with the cross-entropy averaged over the samples and the entropy ``H(q)`` from the
+``k``-nearest-neighbour estimate of Kozachenko & Leonenko (1987) (:func:`knn_entropy`,
+:func:`kl_divergence`, :func:`kl_floor`). On the moons twin with 4,000 samples it tells
+apart samplers that the MMD cannot (issue 16).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from scipy.spatial import cKDTree
+from scipy.special import digamma, gammaln
 
 
 def _pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,3 +153,129 @@ def gaussian_mmd2(delta: float, dim: int, bandwidth: float) -> float:
     dimensions: ``2 (h^2/(h^2+2))^(D/2) (1 - exp(-delta^2 / (2 (h^2 + 2))))``."""
     h2 = bandwidth**2
     return 2 * (h2 / (h2 + 2)) ** (dim / 2) * (1 - math.exp(-(delta**2) / (2 * (h2 + 2))))
+
+
+# ------------------------------------------------------- KL against an exact density
+LogProb = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _points(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a finite float64 CPU tensor of shape ``(B, D)``."""
+    if x.ndim != 2:
+        raise ValueError(
+            f"expected samples of shape (B, D), got {tuple(x.shape)}; flatten them first "
+            "with x.reshape(len(x), -1)"
+        )
+    if not torch.isfinite(x).all():
+        raise ValueError("samples contain NaN or inf: the sampler diverged")
+    return x.detach().double().cpu()
+
+
+def log_unit_ball_volume(dim: int) -> float:
+    """``log V_D`` with ``V_D = pi^(D/2) / Gamma(D/2 + 1)``, the volume of the unit
+    Euclidean ball in ``D`` dimensions (``V_1 = 2``, ``V_2 = pi``, ``V_3 = 4 pi / 3``)."""
+    if dim < 1:
+        raise ValueError(f"the dimension must be at least 1, got {dim}")
+    return 0.5 * dim * math.log(math.pi) - float(gammaln(0.5 * dim + 1))
+
+
+def knn_entropy(x: torch.Tensor, k: int = 3) -> float:
+    """The Kozachenko–Leonenko estimate of the differential entropy ``H(q) = -E_q log q``
+    (nats) from samples ``x`` of ``q``:
+
+    ``H_hat = psi(n) - psi(k) + log V_D + (D / n) sum_i log r_i``,
+
+    where ``r_i`` is the Euclidean distance from ``x_i`` to its ``k``-th nearest neighbour
+    among the other ``n - 1`` points, ``psi`` the digamma function and ``V_D`` the volume
+    of the unit ball (:func:`log_unit_ball_volume`). Kozachenko & Leonenko (1987) for
+    ``k = 1``; Kraskov, Stögbauer & Grassberger (2004), eq. 20, for any ``k`` (their
+    ``c_d`` and ``epsilon = 2 r`` give the same value).
+
+    Idea: ``q(x_i) V_D r_i^D`` is the probability mass of the ball that holds exactly
+    ``k`` of the other points; its log has expectation ``psi(k) - psi(n)`` whatever
+    ``q`` is, which turns the ball volumes into an estimate of ``E[-log q]``.
+
+    The estimate is consistent (``n -> infinity``, ``k`` fixed) but biased at finite
+    ``n``, where ``q`` is not constant over a ball: for a 2D Gaussian it runs about
+    0.015 nats low at ``n = 1000`` and 0.005 at ``n = 4000`` (``k = 3``, measured in the
+    tests). Larger ``k`` lowers the variance and raises the bias; ``k = 3`` is Kraskov
+    et al.'s choice and reproduces issue 16's floor on the moons twin.
+
+    Args:
+        x: samples ``(n, D)``; exact duplicates make ``r_i = 0`` (``H_hat = -inf``) and
+            raise.
+        k: which neighbour, ``1 <= k < n``.
+    """
+    pts = _points(x)
+    n, dim = pts.shape
+    if not 1 <= k < n:
+        raise ValueError(f"k must satisfy 1 <= k < n = {n}, got k = {k}")
+    # column 0 is the point itself (distance 0), column k its k-th neighbour
+    r = cKDTree(pts.numpy()).query(pts.numpy(), k=k + 1)[0][:, k]
+    if (r <= 0).any():
+        raise ValueError(
+            f"{int((r <= 0).sum())} points have {k} exact duplicates, so the k-NN entropy "
+            "is -inf; remove duplicates, add a tiny jitter or raise k"
+        )
+    return float(digamma(n) - digamma(k) + log_unit_ball_volume(dim) + dim * np.log(r).mean())
+
+
+def cross_entropy(x: torch.Tensor, log_prob: LogProb) -> float:
+    """``E_q[-log p] ~ -(1/n) sum_i log p(x_i)`` (nats) for samples ``x_i ~ q`` and an
+    exact log-density ``log_prob(x) -> (n,)`` (e.g. ``GaussianMixture.log_prob``)."""
+    pts = _points(x)
+    log_p = torch.as_tensor(log_prob(pts)).detach().double().cpu()
+    if log_p.shape != (pts.shape[0],):
+        raise ValueError(
+            f"log_prob must return one value per sample, shape ({pts.shape[0]},), got "
+            f"{tuple(log_p.shape)}"
+        )
+    if not torch.isfinite(log_p).all():
+        raise ValueError("log_prob is not finite at some samples (outside the support?)")
+    return float(-log_p.mean())
+
+
+def kl_divergence(x: torch.Tensor, log_prob: LogProb, k: int = 3) -> float:
+    """``KL(q || p) = E_q[-log p] - H(q)`` (nats), for samples ``x`` of ``q`` and the exact
+    log-density of ``p``: :func:`cross_entropy` minus :func:`knn_entropy`.
+
+    Both terms matter: the cross-entropy alone rewards samples that are too
+    concentrated (a sampler that lands on posterior means can score *below* ``H(p)``),
+    while the entropy term charges for the missing spread. The estimate inherits the
+    finite-``n`` bias of :func:`knn_entropy` (a positive floor on exact samples, about
+    0.03 nats on the moons twin at ``n = 4000``): compare a sampler with
+    :func:`kl_floor` at the same ``n`` and ``k``.
+
+    Args:
+        x: samples ``(n, D)`` of the sampler.
+        log_prob: ``log p(x) -> (n,)``, exact (e.g. ``toys.twin(name).log_prob``).
+        k: the neighbour of :func:`knn_entropy`.
+    """
+    return cross_entropy(x, log_prob) - knn_entropy(x, k)
+
+
+class KLFloor(NamedTuple):
+    """The value of :func:`kl_divergence` on exact samples: mean and standard deviation
+    (``ddof = 1``) over independent repeats."""
+
+    mean: float
+    std: float
+
+
+def kl_floor(
+    sample: Callable[[int], torch.Tensor],
+    log_prob: LogProb,
+    n: int,
+    repeats: int = 3,
+    k: int = 3,
+) -> KLFloor:
+    """What :func:`kl_divergence` gives a *perfect* sampler: its mean and spread over
+    ``repeats`` independent draws of ``n`` exact samples (``sample(n) -> (n, D)``).
+
+    A sampler whose KL lies within about one floor spread of the floor mean cannot be
+    told from the truth at this ``n``.
+    """
+    if repeats < 2:
+        raise ValueError(f"repeats must be at least 2 to measure a spread, got {repeats}")
+    values = [kl_divergence(sample(n), log_prob, k) for _ in range(repeats)]
+    return KLFloor(mean=float(np.mean(values)), std=float(np.std(values, ddof=1)))
