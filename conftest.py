@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,19 @@ def _link_shared_data() -> None:
 
 
 _link_shared_data()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Unit tests run on one torch thread: the exact mixture models solve many tiny
+    systems, where extra threads only fight over the shared cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 _outputs: dict[Path, dict[int, list[Any]]] = defaultdict(dict)
 _failed: set[Path] = set()

@@ -507,20 +507,20 @@ def pc_sample(
     corrector: str = "langevin",
     snr: float = 0.16,
     n_corrector: int = 1,
-    eps: float = 1e-3,
+    t_min: float = 1e-3,
     denoise: bool = True,
     generator: torch.Generator | None = None,
     keep: int | None = None,
 ) -> SampleResult:
     """Predictor–corrector sampling (Song et al. 2021, Algorithm 1; VE/VP: Algorithms 2–3).
 
-    On the grid ``t_i = 1 - i (1 - eps) / n_steps``, ``i = 0 .. n_steps``: at each ``t_i``,
+    On the grid ``t_i = 1 - i (1 - t_min) / n_steps``, ``i = 0 .. n_steps``: at each ``t_i``,
     ``n_corrector`` Langevin steps on ``p_{t_i}`` (:func:`langevin_corrector_step`, with
     ``α = A²`` of the next step: ``1`` for VE, ``1 - β_i`` for VP), then one predictor step
     to ``t_{i+1}``. With ``denoise``, a last Tweedie step ``x_0 = (x + std² ∇log p) / a``
-    at ``t = eps`` removes the remaining noise (score SDE's "noise removal").
+    at ``t = t_min`` removes the remaining noise (score SDE's "noise removal").
     Defaults are score SDE's: ``snr = 0.16`` (their CIFAR-10 VE setting), one corrector
-    step, ``eps = 1e-3``.
+    step, ``t_min = 1e-3`` (the paper's ``ε``; the course keeps ``ε`` for noise).
 
     Args:
         sde: the forward SDE.
@@ -532,7 +532,7 @@ def pc_sample(
         corrector: ``"langevin"`` or ``"none"`` (predictor only).
         snr: the corrector's signal-to-noise ratio ``r``.
         n_corrector: corrector steps per level.
-        eps: the last time; the score is never evaluated below it.
+        t_min: the last time; the score is never evaluated below it.
         denoise: finish with the Tweedie step.
         generator: for all noise.
         keep: record every ``keep``-th state (times are the ``t_i``; ``0`` after denoising).
@@ -549,9 +549,9 @@ def pc_sample(
         raise ValueError("predictor and corrector cannot both be 'none': nothing would move")
     if n_steps < 1 or n_corrector < 1:
         raise ValueError(f"need n_steps >= 1 and n_corrector >= 1, got {n_steps}, {n_corrector}")
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in (0, 1), got {eps}")
-    times = torch.linspace(1.0, eps, n_steps + 1, dtype=torch.float64).tolist()
+    if not 0 < t_min < 1:
+        raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
+    times = torch.linspace(1.0, t_min, n_steps + 1, dtype=torch.float64).tolist()
     rec = Recorder(keep)
     x, nfe = x_T, 0
     rec(x, times[0])

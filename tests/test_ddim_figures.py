@@ -4,13 +4,11 @@ skipping that fails, inversion, interpolation norms, the widget's panel."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import pytest
 import torch
 
 from course_lib import ddim, ddpm, metrics, toys
@@ -18,14 +16,6 @@ from course_lib import ddim_figures as df
 from course_lib.schedules import linear_schedule, respace
 
 LINEAR = linear_schedule(1000)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def teardown_function():

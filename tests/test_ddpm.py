@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Iterator
 
 import pytest
 import scipy.stats
@@ -23,15 +22,6 @@ from course_lib.nets import MLP
 from course_lib.schedules import DiscreteSchedule, cosine_schedule, linear_schedule, respace
 
 LINEAR = linear_schedule(1000)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # the exact model solves many tiny systems: extra threads only fight over shared cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -6,7 +6,6 @@ discrete models and EDM denoisers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,15 +18,6 @@ from course_lib.schedules import cosine_schedule, linear_schedule, respace
 
 LINEAR = linear_schedule(1000)
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # the exact denoiser solves many tiny systems: extra threads only fight over cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gen(seed: int) -> torch.Generator:

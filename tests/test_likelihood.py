@@ -5,7 +5,6 @@ fixed per solve, and bits/dim of a discretised toy equals its discrete entropy."
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,14 +19,6 @@ GM = GaussianMixture(
     torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.1, 0.0], [0.0, 0.1]], [[0.05, 0.0], [0.0, 0.4]]]),
 )
 FAMILIES = {"VE": sdes.VESDE(), "VP": sdes.VPSDE(), "subVP": sdes.SubVPSDE()}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -5,7 +5,6 @@ step exactly, chapter 2's ladder), and the samplers against the exact mixture.""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,14 +24,6 @@ GM = GaussianMixture(
 )
 FAMILIES = {"VE": sdes.VESDE(), "VP": sdes.VPSDE(), "subVP": sdes.SubVPSDE()}
 N = 4000  # samples for the KL checks
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _gen(seed: int) -> torch.Generator:

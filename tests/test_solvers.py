@@ -4,7 +4,6 @@ convergence, adaptive accuracy against tolerance, NFE counts, trajectories, SDE 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,14 +17,6 @@ X0 = torch.tensor([[1.0, 0.0], [0.3, -0.7]], dtype=torch.float64)
 EXACT = X0 @ torch.linalg.matrix_exp(1.5 * A).T
 ORDERS = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}
 NFE_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def rotating(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
