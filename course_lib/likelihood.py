@@ -176,24 +176,27 @@ def ode_log_likelihood(
 def bits_per_dim(log_p: torch.Tensor, dim: int, offset_bits: float = 0.0) -> torch.Tensor:
     """``bpd = -log p / (D ln 2) + offset_bits``, per sample.
 
-    The correct recipe for 8-bit images (Theis, van den Oord & Bethge 2016; Ho et al.
-    2020 and Song et al. 2021 report it this way): dequantise (:func:`dequantize`:
+    The correct recipe for 8-bit images (Theis, van den Oord & Bethge 2016; Song et al.
+    2021 report their PF-ODE likelihoods this way): dequantise (:func:`dequantize`:
     ``y = (x + u) / 128 - 1``, ``u ~ U[0, 1)^D``), compute the continuous density
     ``log p(y)`` on ``[-1, 1]``, and add ``offset_bits = log2(128) = 7``
     (:data:`EIGHT_BIT_OFFSET_BITS`), the log-Jacobian per dimension from ``[-1, 1]`` to
     the ``[0, 256)`` scale on which each bin has volume 1. Then ``E[bpd]`` is an upper
     bound on the discrete model's ``-log2 P(x) / D`` (Jensen), which is what "bits/dim"
-    means. The common mistakes:
+    means. (Ho et al. 2020 bound the same discrete quantity another way, with a
+    discretised-Gaussian decoder and no dequantisation:
+    :func:`course_lib.ddpm.discretized_gaussian_log_likelihood`.) The common mistakes:
 
     * **no dequantisation**: a density evaluated at the 256 grid values is not a bound
       on anything; a model can put arbitrary density on the grid (values below 0 are a
       symptom);
     * **wrong offset**: ``log2(256) = 8`` is the offset for data scaled to ``[0, 1]``, not
       ``[-1, 1]``; 0 reports the density on the wrong scale (off by exactly 1 or 7 bits);
-    * **integrating to 0 instead of** ``ε``: a learned score ``~ 1 / std(t)`` is unusable
-      near ``t = 0``; score SDE starts the ODE at ``ε = 1e-5`` and reports ``p_ε``
-      (their App. D.2);
-    * **N(0, I) vs p_T**: the prior density must be the one the model's ODE ends in;
+    * **integrating to 0 instead of a small** ``t_0 > 0``: a learned score
+      ``~ 1 / std(t)`` is unusable near ``t = 0``; score SDE starts the ODE at
+      ``t_0 = 1e-5`` (their ``ε``; the course keeps ``ε`` for noise) and reports
+      ``p_{t_0}`` (their App. D.2);
+    * **N(0, I) vs p_1**: the prior density must be the one the model's ODE ends in;
       ``N(0, I)`` only approximates ``p_1``, a gap that grows as ``a(1)`` does (a VE
       ``σ_max`` too small for the data, a VP ``β_max`` too small).
 

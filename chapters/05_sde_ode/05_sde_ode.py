@@ -190,9 +190,11 @@ plt.show()
 #
 # ### From a chain to a stochastic differential equation
 #
-# Chapter 3's forward chain adds a little noise at each of $N$ steps,
+# Chapter 3's forward chain adds a little noise at each of its $T$ steps,
 # $x_i = \sqrt{1-\beta_i}\,x_{i-1} + \sqrt{\beta_i}\,z_i$ with $z_i \sim \mathcal N(0, I)$.
-# Put the steps on a time axis, $t_i = i/N$, $\Delta t = 1/N$, and let the betas scale
+# ($T$ counts the steps of a discrete chain, as in chapter 3; from section 3 on, $N$
+# counts the steps of a sampler's grid.) Put the steps on a time axis $t \in [0, 1]$,
+# step $i$ at time $t_i$, a spacing $\Delta t = 1/T$ apart, and let the betas scale
 # with the step, $\beta_i = \beta(t_i)\,\Delta t$ for a smooth rate $\beta(t)$. For small
 # $\Delta t$, $\sqrt{1-\beta(t)\Delta t} = 1 - \tfrac12\beta(t)\Delta t + O(\Delta t^2)$,
 # so
@@ -200,7 +202,7 @@ plt.show()
 # $$ x_{t+\Delta t} - x_t = -\tfrac12\beta(t)\,x_t\,\Delta t + \sqrt{\beta(t)}\,\sqrt{\Delta t}\,z + O(\Delta t^2). $$
 #
 # The noise term is the increment of a Brownian motion $w$ over $\Delta t$:
-# $\sqrt{\Delta t}\,z \sim \mathcal N(0, \Delta t\, I)$, written $dw$. As $N \to \infty$
+# $\sqrt{\Delta t}\,z \sim \mathcal N(0, \Delta t\, I)$, written $dw$. As $T \to \infty$
 # the chain becomes the **variance-preserving (VP) SDE** of Song et al.
 # {cite}`song2021sde`,
 #
@@ -213,21 +215,37 @@ plt.show()
 # $$ dx = f(x, t)\,dt + g(t)\,dw , $$
 #
 # with a drift $f$ and a diffusion coefficient $g$. Simulating it with small steps,
-# $x \leftarrow x + f\,h + g\sqrt{h}\,z$, is the Euler–Maruyama method: the discrete
-# chains are Euler–Maruyama schemes (and, on their own grids, exact transitions) of
-# these SDEs. Score SDE's defaults are $\beta(t) = 0.1 + 19.9\,t$ — which on $N = 1000$
-# steps gives *exactly* DDPM's linear schedule $\beta_i \in [10^{-4}, 0.02]$ — and
+# $x \leftarrow x + f\,h + g\sqrt{h}\,z$, is the Euler–Maruyama method. The discrete
+# chains agree with Euler–Maruyama to first order in the step: DDPM's
+# $\sqrt{1-\beta_i}\,x$ is Euler–Maruyama's $(1 - \tfrac12\beta_i)\,x$ up to
+# $O(\beta_i^2)$. They are also *exact* transitions of these SDEs, on the right grid:
+# VE's ladder is the exact transition between the times $t_i$ of its levels, and DDPM's
+# chain is the exact VP transition on the grid where $a(t_i)^2 = \bar\alpha_i$ ($a(t)$ is
+# the mean scale derived below) — close to a uniform grid, not equal to one: DDPM's
+# $\bar\alpha_{1000} = 4.04 \cdot 10^{-5}$ is $a(t)^2$ at $t = 1.0034$. Score SDE's
+# defaults are $\beta(t) = 0.1 + 19.9\,t$ — which with $\beta_i = \beta(t_i)/T$ on the
+# $T = 1000$ points $t_i = (i-1)/(T-1)$, both ends included (what `VPSDE.discretize`
+# does), gives *exactly* DDPM's linear schedule $\beta_i \in [10^{-4}, 0.02]$; on
+# $t_i = i/T$ the first beta would be $1.2 \cdot 10^{-4}$ — and
 # $\sigma(t) = 0.01 \cdot 5000^{t}$, chapter 2's geometric ladder from 0.01 to 50.
 #
 # ### The marginals in closed form
 #
 # Because the drift is linear in $x$ and $g$ does not depend on $x$, $x_t$ given $x_0$
 # stays Gaussian. Its mean and variance follow from two ordinary differential
-# equations. Taking expectations of $dx$ kills the noise: $dm/dt = -\tfrac12\beta(t)m$,
+# equations. Take the drift $f = -\tfrac12\beta(t)\,x$ of VP and sub-VP; VE is the case
+# $\beta = 0$. Taking expectations of $dx$ kills the noise: $dm/dt = -\tfrac12\beta(t)m$,
 # so $m(t) = a(t)\,x_0$ with $a(t) = e^{-B(t)/2}$, $B(t) = \int_0^t\beta(u)\,du$. For the
 # variance $v$ of one coordinate, the one rule of stochastic calculus this chapter needs
 # is that $(dw)^2 = dt$ (a Brownian increment has variance $dt$, so its square is of
-# order $dt$, not $dt^2$). Then $d(x^2) = 2x\,dx + g^2\,dt$ and
+# order $dt$, not $dt^2$). A Taylor expansion of $x^2$ to second order then keeps
+# $(dx)^2 = g^2\,dt$:
+#
+# $$ d(x^2) = 2x\,dx + g^2\,dt = \big(-\beta\,x^2 + g^2\big)\,dt + 2g\,x\,dw . $$
+#
+# Taking expectations, $d\,\mathbb E[x^2] = \big(-\beta\,\mathbb E[x^2] + g^2\big)\,dt$,
+# while the squared mean obeys $d(m^2) = 2m\,dm = -\beta\,m^2\,dt$. Subtract, since
+# $v = \mathbb E[x^2] - m^2$:
 #
 # $$ \frac{dv}{dt} = -\beta(t)\,v + g(t)^2 . $$
 #
@@ -333,7 +351,9 @@ for name, gap in gaps.items():
 # a sample of $p_t$ at every $t$, and to a sample of the data at $t = 0$. It has the same
 # marginals as the SDE and no noise at all. The only unknown in it is the score
 # $\nabla\log p_t$, exactly what chapters 1–3 taught a network to estimate. (Chapter 4
-# met it already: DDIM with $\eta = 0$ is Euler's method for this ODE.)
+# met it already: DDIM with $\eta = 0$ is Euler's method for this ODE written in the
+# unscaled variable $\hat x = x/a(t)$ against the noise level $\sigma = \mathrm{std}/a$,
+# the form section 5 derives.)
 #
 # ### A family of reverse processes, and Anderson's SDE
 #
@@ -412,8 +432,8 @@ course_lib.show(sdes.reverse_sde_sample, docstring=False)
 
 # %%
 score_vp = sdes.exact_score(vp, twin)
-x_T_paths = vp.prior_sample((cfg.pick(smoke=200, cpu=1000, gpu=1000), 2), generator)
-family = sf.reverse_family(vp, score_vp, x_T_paths, lams=[0.0, 1.0, 2.0], steps=100, keep=5)
+x1_paths = vp.prior_sample((cfg.pick(smoke=200, cpu=1000, gpu=1000), 2), generator)
+family = sf.reverse_family(vp, score_vp, x1_paths, lams=[0.0, 1.0, 2.0], steps=100, keep=5)
 fig, axes = plotting.figure_row(3, size=4.0)
 for ax, (lam, res) in zip(axes, family.items(), strict=True):
     name = {0.0: "PF-ODE", 1.0: "Anderson's SDE"}.get(lam, "more noise")
@@ -444,7 +464,7 @@ plt.show()
 
 # %%
 anim = sf.reverse_family(
-    vp, score_vp, x_T_paths, lams=[0.0], steps=cfg.pick(smoke=20, cpu=100, gpu=100)
+    vp, score_vp, x1_paths, lams=[0.0], steps=cfg.pick(smoke=20, cpu=100, gpu=100)
 )[0.0]
 display(
     HTML(
@@ -508,12 +528,32 @@ widgets.interact(
 # $$ \frac{\|h\,\nabla\log p\|}{\|\sqrt{2h}\,z\|} = r
 #    \quad\Longrightarrow\quad h = 2\Big(r\,\frac{\|z\|}{\|\nabla\log p\|}\Big)^2 ,$$
 #
-# with the norms averaged over the batch ($r = 0.16$ was their CIFAR-10 VE value). The
-# rule adapts $h$ to the scale of the score, which changes by orders of magnitude
-# between $t = 1$ and $t = 0$. The predictor of score SDE is **reverse diffusion**: the
-# forward chain's exact transition $x_t = A\,x_s + G z$ reversed with the score,
-# $x_s = (2 - A)\,x_t + G^2\,\nabla\log p_t(x_t) + G z$ (their eq. 46), which on DDPM's
-# grid is DDPM's chain.
+# with the norms averaged over the batch. For VP the rule carries one more factor,
+# $h = 2\alpha\,(r\,\|z\|/\|\nabla\log p\|)^2$, with $\alpha = 1 - \beta_i$ in score SDE's
+# code (the course uses $\alpha = A^2$, its continuous-time counterpart, with the $A$ of
+# the transition below); for VE, $\alpha = 1$. The default $r = 0.16$ is the value of
+# score SDE's released CIFAR-10 configurations. The rule adapts $h$ to the scale of the
+# score, which changes by orders of magnitude between $t = 1$ and $t = 0$.
+#
+# The predictor of score SDE is **reverse diffusion** (their eq. 46). Write the forward
+# chain's exact transition from $s$ to $t > s$ as $x_t = A\,x_s + G z$, that is
+# $x_t = x_s + (A - 1)\,x_s + G z$: a drift increment $(A - 1)\,x$ and a noise of
+# variance $G^2$. Discretise Anderson's reverse SDE,
+# $dx = \big[f - g^2\nabla\log p_t\big]\,dt + g\,d\bar w$, with these same increments,
+# $f\,dt \to (A - 1)\,x$ and $g^2\,dt \to G^2$, stepping back from $t$ to $s$:
+#
+# $$ x_s = x_t - (A - 1)\,x_t + G^2\,\nabla\log p_t(x_t) + G z
+#        = (2 - A)\,x_t + G^2\,\nabla\log p_t(x_t) + G z . $$
+#
+# On DDPM's grid its forward transition is DDPM's chain; the update itself agrees with
+# DDPM's ancestral step $\big(x_t + G^2\nabla\log p_t(x_t)\big)/A + G z$ only to first
+# order in $\beta_i$ ($2 - A$ and $1/A = 1/\sqrt{1 - \beta_i}$ are both
+# $1 + \tfrac12\beta_i + O(\beta_i^2)$); the exact match is `sde.ancestral_step` (section
+# 2). One detail of the code below: `pc_sample` orders each step as score SDE's code
+# does, not as their Algorithm 1 writes it: at each $t_i$ the corrector runs first,
+# then the predictor moves on to $t_{i+1}$. It is the same alternation, except
+# that the first corrector step works on the prior draws and no corrector step follows
+# the last predictor step (the final denoising step does).
 
 # %%
 course_lib.show(sdes.langevin_corrector_step)
@@ -591,7 +631,12 @@ print(f"floor of {n_pc} exact samples: {floor_pc.mean:.3f} ± {floor_pc.std:.3f}
 # reverse-diffusion sampler goes from FID 4.79 to 3.60 with a corrector, VP's only
 # from 3.21 to 3.18). At equal *cost*, with an exact score and a prior that matches
 # $p_1$, the finer predictor is as good (VE) or much better (VP): a corrector step
-# repairs errors, and here there are few to repair. The uniform grid in $t$ is poor
+# repairs errors, and here there are few to repair. Here the toy and the paper part
+# ways. Score SDE's Table 1 also has this equal-cost column (P2000: the predictor alone
+# with twice the steps), and on CIFAR-10 they find one corrector step per predictor
+# step typically better than doubling the predictor steps. The difference is the
+# score: the twin's is exact, while a learned score is wrong a little at every level,
+# and those errors are what a corrector repairs. The uniform grid in $t$ is poor
 # for VP at few steps (P with $N$ steps): VP's noise level changes fastest at small
 # $t$, where a uniform grid is coarsest in $\log\sigma$. Grids, not just integrators,
 # decide quality at a small budget — the lesson EDM turns into a design principle
@@ -722,8 +767,10 @@ for i in range(4):
 #
 # $$ \text{bits/dim} = \frac{-\log p(y)}{D\ln 2} + \log_2 128 $$
 #
-# is, on average, an upper bound on the model's $-\log_2 P(k)/D$ — the number DDPM's
-# 3.70 and score SDE's 2.99 on CIFAR-10 are. The offset is $\log_2 128 = 7$ for data on
+# is, on average, an upper bound on the model's $-\log_2 P(k)/D$ — what score SDE's 2.99
+# on CIFAR-10 is (their code evaluates it on uniformly dequantised test images). DDPM's
+# 3.70 bounds the same discrete quantity another way, through its discrete decoder
+# (chapter 3), with no dequantisation at all. The offset is $\log_2 128 = 7$ for data on
 # $[-1, 1]$ (it would be $\log_2 256 = 8$ for data on $[0, 1]$).
 
 # %%
@@ -760,8 +807,9 @@ ch05.check_bits_per_dim(bits_per_dim)
 # The docstring above lists the usual ways a likelihood goes wrong. On the twin we can
 # measure each against the exact answer: the prior $\mathcal N(0, I)$ used in place of
 # the true $p_1$ (the VP SDE's $a(1)^2 = e^{-10}$ makes it nearly exact; a VE SDE whose
-# $\sigma_{\max}$ is too small for the data does not); the ODE started at $t_0 = \epsilon$
-# instead of 0 (then it returns $\log p_\epsilon$, the density of slightly blurred data);
+# $\sigma_{\max}$ is too small for the data does not); the ODE started at a small
+# $t_0 > 0$ instead of 0 (then it returns $\log p_{t_0}$, the density of slightly blurred
+# data; score SDE calls this time $\epsilon$, a letter the course keeps for noise);
 # Hutchinson's estimator. Each line is paired with the truth on the same points.
 
 # %%
@@ -825,11 +873,30 @@ print(sf.format_likelihood_rows(toy_rows, unit="log p, nats"))
 # (VP: $s = \sqrt{\bar\alpha}$, $\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}$; VE: $s = 1$).
 # The scale $s(t)$ is a change of units and the schedule $\sigma(t)$ a change of clock:
 # neither changes the *paths* of the ODE when they are drawn in the unscaled variable
-# $\hat x = x/s$ against $\sigma$. So take the simplest: $s = 1$ and $\sigma(t) = t$. Then
-# $\hat x = x_0 + \sigma\varepsilon$ is a VE process with $g^2 = d\sigma^2/d\sigma = 2\sigma$,
-# and the PF-ODE $d\hat x/d\sigma = -\tfrac12 g^2\nabla\log p = -\sigma\,\nabla\log p(\hat x; \sigma)$.
+# $\hat x = x/s$ against $\sigma$. To see it, write $x = s(t)\,\hat x$ as an SDE: the
+# drift $f = (\dot s/s)\,x$ scales the mean by $s$, and $g^2 = 2s^2\sigma\dot\sigma$ makes
+# the variance grow as $(s\sigma)^2$ (check: $d(s^2\sigma^2)/dt = 2(\dot s/s)\,s^2\sigma^2 +
+# g^2$). The density of $x$ is $p_t(x) = p(x/s; \sigma)/s^D$, with $p(\hat x; \sigma)$ the
+# density of $x_0 + \sigma\varepsilon$, so the score is
+# $\nabla_x\log p_t(x) = \nabla\log p(\hat x; \sigma)/s$. The PF-ODE is then
+#
+# $$ \frac{dx}{dt} = \frac{\dot s}{s}\,x - \tfrac12 g^2\,\nabla_x\log p_t(x)
+#    = \frac{\dot s}{s}\,x - s\,\sigma\dot\sigma\,\nabla\log p(\hat x; \sigma)
+#    \qquad \text{(EDM eq. 4)}, $$
+#
+# and in $\hat x = x/s$ the first term cancels:
+# $d\hat x/dt = \dot x/s - (\dot s/s)\,\hat x = -\sigma\dot\sigma\,\nabla\log p(\hat x; \sigma)$.
+# Divide by $\dot\sigma = d\sigma/dt$:
+#
+# $$ \frac{d\hat x}{d\sigma} = -\sigma\,\nabla\log p(\hat x; \sigma), $$
+#
+# with neither $s(t)$ nor $\sigma(t)$ left in it. So take the simplest: $s = 1$ and
+# $\sigma(t) = t$ (EDM's own time then runs up to $\sigma_{\max}$; we use $\sigma$ itself
+# as the clock). Then $\hat x = x_0 + \sigma\varepsilon$ is a VE process with
+# $g^2 = d\sigma^2/d\sigma = 2\sigma$, and the equation above is its PF-ODE.
 # Tweedie's formula (chapter 1) writes the score through the **denoiser**
-# $D(\hat x; \sigma) = \mathbb E[x_0 \mid \hat x]$:
+# $D(\hat x; \sigma) = \mathbb E[x_0 \mid \hat x]$ (the ideal one; a network approximates it
+# as $D_\theta(\hat x; \sigma)$):
 # $\nabla\log p(\hat x; \sigma) = \big(D(\hat x; \sigma) - \hat x\big)/\sigma^2$, so
 #
 # $$ \frac{d\hat x}{d\sigma} = \frac{\hat x - D(\hat x; \sigma)}{\sigma} \qquad \text{(EDM eq. 1 with } s = 1,\ \sigma(t) = t\text{)}. $$
@@ -849,15 +916,24 @@ print(sf.format_likelihood_rows(toy_rows, unit="log p, nats"))
 #
 # | | DDPM / VP ($\varepsilon$-prediction) | NCSN / VE | EDM |
 # | --- | --- | --- | --- |
-# | $s(t)$, $\sigma(t)$ | $\sqrt{\bar\alpha}$, $\sqrt{(1-\bar\alpha)/\bar\alpha}$ | $1$, the ladder $\sigma(t)$ | $1$, $t$ |
+# | $s(t)$, $\sigma(t)$ | $\sqrt{\bar\alpha}$, $\sqrt{(1-\bar\alpha)/\bar\alpha}$ | $1$, $\sqrt{\sigma_{\text{VE}}(t)^2 - \sigma_{\text{VE}}(0)^2}$ | $1$, $t$ |
 # | $c_{\text{skip}}$ | $1$ | $1$ | $\sigma_d^2/(\sigma^2+\sigma_d^2)$ |
 # | $c_{\text{out}}$ | $-\sigma$ | $\sigma$ | $\sigma\sigma_d/\sqrt{\sigma^2+\sigma_d^2}$ |
 # | $c_{\text{in}}$ | $1/\sqrt{\sigma^2+1}$ | $1$ | $1/\sqrt{\sigma^2+\sigma_d^2}$ |
+# | $c_{\text{noise}}$ | the training step of $\sigma$: $(M-1)\,t$ in EDM, a fractional step $u(\sigma)$ in the course's adapter | $\ln(\tfrac12\sigma)$ | $\tfrac14\ln\sigma$ |
 #
-# The DDPM column is $D = \hat x - \sigma\,\varepsilon_\theta(\hat x/\sqrt{1+\sigma^2})$:
+# Here $\sigma_{\text{VE}}(t) = 0.01 \cdot 5000^t$ is score SDE's ladder of section 1,
+# and the VE entry is this chapter's exact marginal (`VESDE.edm_sigma`). EDM's Table 1
+# gives VE its own clock instead, $\sigma(t) = \sqrt t$, and score SDE's code uses the
+# ladder itself as the noise level (data already blurred by $\sigma_{\text{VE}}(0)$);
+# they differ only in the clock and by $\sigma_{\text{VE}}(0)^2 = 10^{-4}$ in the
+# variance. $c_{\text{noise}}$ is the noise-level input the network was trained with.
+#
+# The DDPM column is
+# $D_\theta(\hat x; \sigma) = \hat x - \sigma\,\varepsilon_\theta(\hat x/\sqrt{1+\sigma^2})$:
 # rescale $\hat x$ to DDPM's $x_t$, ask the network for the noise, subtract it at scale
 # $\sigma$. The course's adapter also maps $\sigma$ to the network's (fractional)
-# training step, interpolating the schedule's $\sigma_i$ in $\log\sigma$:
+# training step $u(\sigma)$, interpolating the schedule's $\sigma_i$ in $\log\sigma$:
 
 # %%
 course_lib.show(edm.denoiser_from_ddpm, docstring=False)
@@ -884,7 +960,7 @@ print(f"max |denoiser_from_ddpm(exact eps-model) − exact denoiser| over 20 lev
 # input and its training target both have unit variance at every $\sigma$, for data with
 # standard deviation $\sigma_d$ per dimension ($\sigma_d = 0.5$ for images on $[-1, 1]$).
 # The input $\hat x = x_0 + \sigma\varepsilon$ has variance $\sigma_d^2 + \sigma^2$, so
-# $c_{\text{in}} = 1/\sqrt{\sigma^2+\sigma_d^2}$. Training $D$ to output $x_0$ means
+# $c_{\text{in}} = 1/\sqrt{\sigma^2+\sigma_d^2}$. Training $D_\theta$ to output $x_0$ means
 # training $F$ on the effective target $(x_0 - c_{\text{skip}}\hat x)/c_{\text{out}}$, whose
 # variance is $\big[(1 - c_{\text{skip}})^2\sigma_d^2 + c_{\text{skip}}^2\sigma^2\big]/c_{\text{out}}^2$.
 # Choose $c_{\text{skip}}$ to make the numerator as small as possible (then $F$'s errors
@@ -928,9 +1004,10 @@ def edm_coefficients(sigma, sigma_data):
 ch05.check_edm_coefficients(edm_coefficients)
 
 # %% [markdown]
-# (EDM trains $F$ with $\ln\sigma \sim \mathcal N(-1.2, 1.2^2)$ and the weight
-# $\lambda(\sigma) = 1/c_{\text{out}}^2$, `edm.edm_loss`. This chapter reuses chapter 3's
-# network instead: that is the point of the conversions.)
+# (EDM trains $F$ with $\ln\sigma \sim \mathcal N(-1.2, 1.2^2)$ and the loss weight
+# $\lambda(\sigma) = 1/c_{\text{out}}^2$, `edm.edm_loss` — EDM's letter, unrelated to the
+# $\lambda$ of section 2's reverse processes. This chapter reuses chapter 3's network
+# instead: that is the point of the conversions.)
 #
 # ### The time grid: $\rho = 7$
 #
@@ -956,8 +1033,9 @@ plt.show()
 # default is 0.002). $\sigma_{\max}$ must be large enough that $p(\hat x; \sigma_{\max})$
 # is indistinguishable from the prior $\mathcal N(0, \sigma_{\max}^2 I)$: chapter 2's rule
 # (Song & Ermon 2020) takes the largest distance between two data points. EDM's
-# $\sigma_{\max} = 80$ is the CIFAR-10 value; for the 2D toys the rule gives about 4.5,
-# and every grid step spent above that is wasted.
+# $\sigma_{\max} = 80$ is its default for every data set (images scaled to $[-1, 1]$);
+# for the 2D toys the rule gives about 4.5, and every grid step spent above that is
+# wasted.
 #
 # ### Heun's method, last step Euler
 #
@@ -966,8 +1044,8 @@ plt.show()
 # actual step (EDM Algorithm 1). Its error shrinks like $h^2$ instead of Euler's $h$ —
 # `tests/test_edm.py` fits the slopes, 1 and 2, on a log-log plot with the exact
 # denoiser. At the last step the grid reaches $\sigma_N = 0$, where the slope
-# $(\hat x - D)/\sigma$ is undefined: that step is a plain Euler step, which lands
-# exactly on $D(\hat x; \sigma_{N-1})$.
+# $\big(\hat x - D_\theta(\hat x; \sigma)\big)/\sigma$ is undefined: that step is a plain
+# Euler step, which lands exactly on $D_\theta(\hat x; \sigma_{N-1})$.
 
 # %%
 course_lib.show(edm.heun_sample, docstring=False)
@@ -1000,9 +1078,17 @@ print(
 # %% [markdown]
 # ### Churn: a little noise back in
 #
-# EDM's stochastic sampler (Algorithm 2) adds noise before each step, raising $\sigma_i$
-# to $\hat\sigma_i = (1+\gamma_i)\sigma_i$ with $\gamma_i = \min(S_{\text{churn}}/N, \sqrt2 - 1)$,
-# and then takes the ODE step from $\hat\sigma_i$. Like the corrector of section 3 it is
+# EDM's stochastic sampler (Algorithm 2) adds noise before each step. Where
+# $S_{\min} \le \sigma_i \le S_{\max}$ it raises the noise level $\sigma_i$ to
+# $\hat\sigma_i = (1+\gamma_i)\sigma_i$, $\gamma_i = \min(S_{\text{churn}}/N, \sqrt2 - 1)$,
+# by adding fresh noise of just the missing variance,
+#
+# $$ \hat x \leftarrow \hat x + \sqrt{\hat\sigma_i^2 - \sigma_i^2}\;S_{\text{noise}}\,\varepsilon ,
+#    \qquad \varepsilon \sim \mathcal N(0, I) $$
+#
+# (variances add: $\sigma_i^2 + (\hat\sigma_i^2 - \sigma_i^2) = \hat\sigma_i^2$; an
+# $S_{\text{noise}}$ slightly above 1 inflates it a little), and then takes the ODE step
+# from $\hat\sigma_i$ to $\sigma_{i+1}$. Like the corrector of section 3 it is
 # a Langevin-like move that pulls the samples back towards $p(\hat x; \sigma)$ and so
 # forgets errors made earlier — the network's errors, mainly, since an ODE carries every
 # error to the end. With the exact denoiser there is nothing to forget and churn only
@@ -1027,7 +1113,9 @@ for churn in (0.0, 3.0, 7.0):  # gamma_i = S_churn / N = 0, 0.17, 0.39
 
 # %% [markdown]
 # (EDM tuned $S_{\text{churn}}$, $S_{\min}$, $S_{\max}$, $S_{\text{noise}}$ per data set,
-# their Table 5; on CIFAR-10 their best deterministic sampler needed no churn.)
+# their Table 5. Churn improved the pre-trained networks of their §4, and ImageNet-64
+# even after retraining; with their retrained CIFAR-10 networks of §5 the deterministic
+# sampler was best, and their recommended CIFAR-10 setting is deterministic, 18 steps.)
 #
 # ## 6. Samplers against the number of network calls
 #
@@ -1168,6 +1256,18 @@ for label, table in toy_tables.items():
         f" -> Heun within one floor spread of DDPM: {'yes' if met else 'no'}"
     )
 
+# the same exact model and noise on the grid of EDM's default sigma_max = 80
+grid_80 = edm.time_grid(18, sigma_min, 80.0)
+fns_80 = sf.nfe_samplers(exact_D, exact_eps, schedule, sigma_min, 80.0)
+table_80 = sf.quality_vs_nfe(fns_80, {sf.HEUN: [18]}, kl_to_twin, (n_study, 2), study_seeds)
+heun_80 = sf.find(table_80, sf.HEUN, 18)
+_, exact_ref, _, exact_floor, _ = goal["exact model"]
+print(
+    f"  exact model, σ_max = 80: {int((grid_80[:-1] > 5).sum())} of the 18 levels above "
+    f"σ = 5; EDM Heun@{heun_80.nfe:.0f} {heun_80.quality:.3f} ± {heun_80.spread:.3f} | "
+    f"DDPM@{ref_steps} {exact_ref.quality:.3f} | floor spread {exact_floor.std:.3f}"
+)
+
 # %% [markdown]
 # How to read it (your numbers will differ a little; the spreads say by how much).
 #
@@ -1175,21 +1275,23 @@ for label, table in toy_tables.items():
 #   Euler at equal NFE; with very few (9 NFE) they are worse, because their second
 #   slope is evaluated at a badly wrong point. dopri5 reaches the floor too, with more
 #   calls than Heun: it cannot know in advance that only the end of the path is hard.
-# * **ODE samplers win at small budgets.** PC on its uniform grid needs hundreds of
-#   calls; DDPM's ancestral sampler is respectable at 35 steps but reaches the floor
-#   only with many more.
+# * **ODE samplers win at small budgets.** PC, on its uniform grid in $t$, stays far
+#   above the floor at every budget of the table (a few dozen calls, half of them
+#   corrector steps; score SDE ran it with a thousand predictor steps); DDPM's
+#   ancestral sampler is respectable at 35 steps but reaches the floor only with many
+#   more.
 # * **DDIM is Euler's method on DDPM's uniform grid**, and Euler on EDM's grid is
 #   several times better at equal NFE: same method, same ODE, better grid.
 # * **The learned model** levels off far above the floor, at the network's quality,
 #   after few steps. DDPM at a thousand steps is best: its noise lets later steps
 #   correct earlier errors, as churn did above.
 # * **The goal** (EDM Heun at 35 calls within one floor spread of DDPM@1000, exact model)
-#   is printed above. It needs a $\sigma_{\max}$ suited to the data; with EDM's
-#   CIFAR-10 value $\sigma_{\max} = 80$ a third of the 18 levels are spent above
-#   $\sigma = 5$, where nothing happens, and Heun@35 lands about two spreads above the
-#   reference (measured while writing this chapter, 4,000 samples: about 0.055 against
-#   0.025). DDIM@50, chapter 4's recommendation, is several spreads away: its last step
-#   lands on posterior means.
+#   is printed above. It needs a $\sigma_{\max}$ suited to the data. With EDM's default
+#   $\sigma_{\max} = 80$, eight of the 18 levels, nearly half, are spent above
+#   $\sigma = 5$, where nothing happens; the last line above runs Heun@35 on that grid,
+#   with the same model and noise, so you can compare it with the reference and the
+#   floor's spread. DDIM@50, chapter 4's recommendation, is several spreads away: its
+#   last step lands on posterior means.
 #
 # ## 7. MNIST: chapter 3's network with EDM's sampler
 #
@@ -1198,8 +1300,10 @@ for label, table in toy_tables.items():
 # the classifier-feature FID of chapter 4 (a small classifier trained on MNIST by the
 # course; **not comparable** with any Inception FID in a paper), each entry on the same
 # number of samples with the FID of that many real digits as the floor. This is what
-# EDM's Table 2 row A does on CIFAR-10: an old checkpoint, trained for another sampler,
-# sampled with Heun at 35 calls.
+# EDM's §3 (Figure 2) does on CIFAR-10: score SDE's pre-trained DDPM++ (VP) network,
+# trained for another sampler, sampled with EDM's grid and Heun across NFE (at 35 NFE:
+# FID 3.01 unconditional, Table 2 row A, the baseline whose networks EDM took from
+# score SDE).
 
 # %%
 mnist = image_diffusion.train_image_diffusion(cfg, "mnist")
@@ -1213,9 +1317,10 @@ n_fid = cfg.pick(smoke=8, cpu=32, gpu=2000)
 fid_floor, fid_floor_std = df.fid_floor(
     evaluator.fid, mnist.images, n_fid, repeats=5, generator=generator
 )
+mnist_sigma_min = 1.001 * edm.sigma_range(mnist.schedule)[0]  # inside its trained range
 img_fns = sf.nfe_samplers(
-    mnist_D, mnist.model, mnist.schedule, sigma_min, 80.0, clip_x0=1.0
-)  # sigma_max = 80: EDM's image value
+    mnist_D, mnist.model, mnist.schedule, mnist_sigma_min, 80.0, clip_x0=1.0
+)  # sigma_max = 80: EDM's default
 mnist_ref = cfg.pick(smoke=100, cpu=1000, gpu=1000)
 img_plan = {
     sf.HEUN: cfg.pick(smoke=[5, 18], cpu=[5, 10, 18], gpu=[5, 10, 18, 40]),
@@ -1263,7 +1368,9 @@ print(f"real-digit floor: {fid_floor:.2f} ± {fid_floor_std:.2f} ({n_fid} images
 
 # %% [markdown]
 # What to notice. EDM's sampler drives a network that was never trained for it: the
-# conversion is exact, only the integrator and the grid changed. The Heun and DDIM rows
+# conversion is exact, only the integrator and the grid changed — and one detail of the
+# samplers: DDIM and DDPM clip their estimate of $x_0$ to $[-1, 1]$ at every step, as in
+# chapters 3–4 (`clip_x0=1.0`), while the EDM samplers never clip. The Heun and DDIM rows
 # start from the same noise and show the same digits (both solve one ODE), DDPM's
 # chain ends elsewhere. With a few dozen samples, FID differences smaller than the
 # floor's spread are noise; the throughput column is not: it is set by the number of
@@ -1276,9 +1383,9 @@ print(f"real-digit floor: {fid_floor:.2f} ± {fid_floor_std:.2f} ({n_fid} images
 # Chapter 3 bounded the MNIST model's likelihood with the ELBO, $-\log P \le L$. The
 # PF-ODE gives the exact likelihood of a slightly different model: the continuous flow
 # defined by the same network. We evaluate it on a few test digits with Hutchinson's
-# estimator, in VP time with the network's score
-# (`edm.score_fn_from_denoiser`), from $t_0 = 10^{-3}$ — the lowest level the network
-# was trained at, $\sigma \approx 0.0105$ — to $t = 1$, with prior $\mathcal N(0, I)$ and
+# estimator, in VP time with the network's score (`edm.score_fn_from_denoiser`), from
+# $t_0 = 10^{-3}$ — $\sigma \approx 0.0105$, just above the lowest level the network was
+# trained at ($\sigma_1 \approx 0.0100$) — to $t = 1$, with prior $\mathcal N(0, I)$ and
 # the 8-bit offset; beside it the chapter-3 bound on the same digits, and the mistakes
 # of the docstring, measured.
 
@@ -1338,7 +1445,7 @@ mnist_rows = sf.likelihood_rows(
             likelihood.bits_per_dim(log_p_deq, D_img, 0.0),
             nfe_deq,
         ),
-        "  start at t0 = 1e-2 (σ ≈ 0.1)": (
+        "  start at t0 = 1e-2 (σ ≈ 0.045)": (
             likelihood.bits_per_dim(log_p_late, D_img, offset),
             nfe_late,
         ),
@@ -1365,10 +1472,10 @@ except ValueError as err:
 #   probability of those values, and a model that put spikes on them could score any
 #   number. The **offset** is an exact shift, of one bit or seven: easy to get wrong,
 #   easy to check. **Where the integral starts** matters a great deal: from
-#   $t_0 = 10^{-2}$ the number describes digits blurred by $\sigma \approx 0.1$. Score
-#   SDE integrates from $10^{-5}$ with networks trained down to that level; chapter 3's
-#   network has never seen $\sigma < 0.01$, and the course's code refuses to start at
-#   $t_0 = 0$, where the score of discrete data does not exist.
+#   $t_0 = 10^{-2}$ the number describes digits blurred by $\sigma \approx 0.045$ (about
+#   six 8-bit bins). Score SDE integrates from $10^{-5}$ with networks trained down to
+#   that level; chapter 3's network has never seen $\sigma < 0.01$, and the course's
+#   code refuses to start at $t_0 = 0$, where the score of discrete data does not exist.
 # * **Prior.** For the VP SDE, $\mathcal N(0, I)$ in place of $p_1$ costs nothing
 #   measurable (section 4's table); a VE SDE with too small a $\sigma_{\max}$ pays.
 #
@@ -1388,7 +1495,7 @@ for name in cfg.pick(smoke=[], cpu=[], gpu=["cifar10"]):
         edm.denoiser_from_ddpm(run.model, run.schedule),
         run.model,
         run.schedule,
-        sigma_min,
+        1.001 * edm.sigma_range(run.schedule)[0],
         80.0,
         clip_x0=1.0,
     )
@@ -1440,9 +1547,10 @@ for title, p in rows:
     key = f"throughput: MNIST {title}"
     print(f"{key:<{w}} {p.per_second:.2f} images/s  (batch {n_fid}, {cfg.device.type})")
 print(
-    f"{'published: EDM Table 2, CIFAR-10 VP, 35 NFE':<{w}} FID 3.01 (A: score SDE's checkpoint, "
-    "EDM Heun) -> 2.05 (E: + EDM's hyperparameters, preconditioning and loss) -> 1.97 (F), unconditional; "
-    "Inception FID of 50k samples, training ~2 days on 8 V100"
+    f"{'published: EDM Table 2, CIFAR-10 VP, 35 NFE':<{w}} FID 3.01 (A: baseline, score "
+    "SDE's network, EDM Heun) -> 2.05 (E: + retuned hyperparameters, capacity, "
+    "preconditioning, loss) -> 1.97 (F: + non-leaky augmentation), unconditional, as "
+    "reported (secondary sources); Inception FID of 50k samples, training ~2 days on 8 V100"
 )
 print(
     f"{'published: score SDE Table 1, CIFAR-10, 1000 steps':<{w}} FID VE 4.79 (P) / 3.60 (PC), "
@@ -1474,11 +1582,12 @@ print(
 # * Along the ODE, $d\log p_t/dt = -\nabla\cdot u$: the **exact likelihood** is a prior
 #   term plus an integrated divergence, exact in 2D, unbiased with Hutchinson's
 #   estimator if the probe is fixed per solve. Images need dequantisation, the offset
-#   $\log_2 128$ on $[-1, 1]$, and a start at the lowest trained noise level.
-# * EDM writes every model as a **denoiser** $D(\hat x; \sigma)$ and every sampler as an
+#   $\log_2 128$ on $[-1, 1]$, and a start no lower than the lowest trained noise level.
+# * EDM writes every model as a **denoiser** $D_\theta(\hat x; \sigma)$ and every sampler as an
 #   ODE solver in $\sigma$: preconditioning ($c_{\text{skip}}, c_{\text{out}}, c_{\text{in}}$),
 #   the $\rho = 7$ grid with a $\sigma_{\max}$ suited to the data, and Heun's method with
-#   a last Euler step ($2N - 1$ calls) take an old DDPM checkpoint to good samples at 35 calls.
+#   a last Euler step ($2N - 1$ calls) take a pre-trained VP network to good samples at
+#   35 calls.
 # * Measured with an exact yardstick, the **grid and the integrator's order** decide the
 #   quality at a small budget; stochastic samplers need more steps but forgive a
 #   network's errors.
@@ -1486,8 +1595,9 @@ print(
 # ## Further reading
 #
 # * Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole {cite}`song2021sde`: the SDE
-#   families (§3, App. B), the reverse SDE and the PF-ODE (§4, App. D), predictor–corrector
-#   (§4.2, App. G), exact likelihoods (App. D.2), Tables 1–3.
+#   families (§3.4, App. B), the reverse SDE (§3.2, eq. 6), the PF-ODE (§4.3, eq. 13,
+#   App. D), predictor–corrector (§4.2, App. G), exact likelihoods (App. D.2),
+#   Tables 1–3.
 # * Anderson {cite}`anderson1982reverse` for the reverse-time SDE; Chen et al.
 #   {cite}`chen2018neuralode` for the instantaneous change of variables; Grathwohl et al.
 #   {cite}`grathwohl2019ffjord` and Hutchinson {cite}`hutchinson1989` for the trace

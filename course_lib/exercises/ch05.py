@@ -176,7 +176,7 @@ def check_predict_heun_nfe(prediction) -> str:
     if value == 36:
         raise Mistake(
             "2 N = 36 would be right if every step were a Heun step. The last step goes to "
-            "σ = 0, where the drift (x̂ − D)/σ is undefined: it is an Euler step."
+            "σ = 0, where the drift (x̂ − D_θ(x̂; σ))/σ is undefined: it is an Euler step."
         )
     if value == 18:
         raise Mistake("each Heun step calls the denoiser twice: at the start and at the end.")
