@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 
 from course_lib import ddim, ddpm, edm, likelihood, metrics, plotting, solvers
 from course_lib import sde as sdes
+from course_lib.ddim_figures import Entry
 from course_lib.ddpm import Model
 from course_lib.gaussian_mixture import GaussianMixture
 from course_lib.sampling import Recorder, SampleResult
@@ -511,23 +512,15 @@ def nfe_samplers(
 
 
 @dataclass(frozen=True)
-class Point:
-    """One sampler at one knob: the mean NFE, the quality (mean and standard deviation
-    over seeds), the wall time of one run (mean, sampler only), the batch size and the
-    samples of the first seed (on the CPU)."""
+class Point(Entry):
+    """One sampler at one knob: chapter 4's table entry (:class:`~course_lib.ddim_figures.
+    Entry`: quality, wall time of one run, batch size, samples of the first seed, and
+    ``per_second``) plus the knob, the mean NFE and the quality's standard deviation
+    over seeds (``quality`` is then their mean)."""
 
-    knob: int
-    nfe: float
-    quality: float
-    spread: float
-    seconds: float
-    n: int
-    x: torch.Tensor = field(repr=False)
-
-    @property
-    def per_second(self) -> float:
-        """Throughput in samples per second."""
-        return self.n / self.seconds if self.seconds > 0 else float("inf")
+    knob: int = 0
+    nfe: float = 0.0
+    spread: float = 0.0
 
 
 NFETable = dict[str, list[Point]]
@@ -579,13 +572,13 @@ def quality_vs_nfe(
             mean, std = _summary(values)
             points.append(
                 Point(
-                    int(knob),
-                    float(np.mean(nfes)),
-                    mean,
-                    std,
-                    float(np.mean(secs)),
-                    shape[0],
-                    first,
+                    quality=mean,
+                    seconds=float(np.mean(secs)),
+                    n=shape[0],
+                    x=first,
+                    knob=int(knob),
+                    nfe=float(np.mean(nfes)),
+                    spread=std,
                 )
             )
         table[name] = points
