@@ -165,6 +165,32 @@ class GaussianMixture:
         )
         return (log_r.exp()[..., None] * post).sum(1).to(x_t)
 
+    def marginal_velocity(
+        self,
+        x_t: torch.Tensor,
+        a: float | torch.Tensor,
+        s: float | torch.Tensor,
+        a_dot: float | torch.Tensor,
+        s_dot: float | torch.Tensor,
+    ) -> torch.Tensor:
+        """The marginal velocity of an affine path ``x_t = a x1 + s x0`` (flow letters:
+        ``x1`` from this mixture, ``x0 ~ N(0, I)``) moving with ``ȧ``, ``ṡ``:
+
+        ``u(x_t) = E[ȧ x1 + ṡ x0 | x_t] = ȧ E[x1 | x_t] - ṡ s ∇log p_t(x_t)``,
+
+        the conditional velocities averaged with the posterior (Lipman et al. 2023,
+        eq. 8), where ``E[x0 | x_t] = -s ∇log p_t(x_t)`` is Tweedie's formula for the
+        noise. Finite at ``s = 0`` (the data end). Shape ``(B, D)``.
+        """
+        b = x_t.shape[0]
+        a_dot_b = torch.as_tensor(a_dot, dtype=torch.float64).expand(b)[:, None]
+        s_dot_b = torch.as_tensor(s_dot, dtype=torch.float64).expand(b)[:, None]
+        s_b = torch.as_tensor(s, dtype=torch.float64).expand(b)[:, None]
+        x1_hat = self.optimal_denoiser(x_t.to(torch.float64), a, s)
+        score = self.noised_score(x_t.to(torch.float64), a, s)
+        coef = [c.to(x1_hat.device) for c in (a_dot_b, s_dot_b, s_b)]
+        return (coef[0] * x1_hat - coef[1] * coef[2] * score).to(x_t)
+
     def _components(
         self, x_t: torch.Tensor, a: float | torch.Tensor, s: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
