@@ -254,3 +254,18 @@ def test_cfm_loss_draws_and_couples() -> None:
         lambda x, t: torch.zeros_like(x), x1, path, None, torch.Generator().manual_seed(9)
     )
     assert 0 < float(loss) < float(zero)
+
+
+def test_flow_between_gaussians_is_their_ot_map() -> None:
+    """For ``x1 ~ N(m, c² I)`` the linear path's marginal flow maps ``x0`` to ``m + c x0``,
+    the OT (Brenier) map between the two Gaussians; so a reflow of the exact flow returns
+    OT pairs, with transport cost ``W₂² = ‖m‖² + D (1 - c)²``."""
+    m, c = torch.tensor([2.0, -1.0]), 0.5
+    gm = GaussianMixture.isotropic([1.0], m[None], c)
+    x0 = torch.randn(500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    pairs = fm.reflow_pairs(fm.exact_velocity(gm, fm.linear_path()), x0, 100, "rk4")
+    torch.testing.assert_close(pairs[1], m.double() + c * x0, rtol=1e-7, atol=1e-7)
+    cost = float(((pairs[1] - pairs[0]) ** 2).sum(1).mean())
+    w2 = float((m**2).sum()) + 2 * (1 - c) ** 2
+    # Monte Carlo: ‖m + (c - 1) x0‖² has std ≈ 2 |c - 1| ‖m‖ ≈ 2.2, so the mean of 500 has se ≈ 0.1
+    assert cost == pytest.approx(w2, abs=0.4)
