@@ -19,6 +19,7 @@ layout, the training images live on the GPU (no Python data loader per batch), a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -215,44 +216,45 @@ class ImageDiffusion:
         return self.resumed_at < self.recipe.steps
 
 
-def checkpoint_path(r: ImageRecipe, cfg: Config) -> Path:
-    """``<data root>/checkpoints/ddpm-<dataset>-<split>-<recipe hash>.pt``."""
-    name = f"ddpm-{r.dataset}-{cfg.train_split}-{recipes.key(r)}.pt"
+def checkpoint_path(r: ImageRecipe, cfg: Config, kind: str = "ddpm") -> Path:
+    """``<data root>/checkpoints/<kind>-<dataset>-<split>-<recipe hash>.pt``."""
+    name = f"{kind}-{r.dataset}-{cfg.train_split}-{recipes.key(r)}.pt"
     return data_module.data_root() / "checkpoints" / name
 
 
-def train_image_diffusion(
+ImageLoss = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class TrainedImageModel:
+    """What :func:`train_image_model` returns: the EMA model (eval mode), the training
+    images in ``[-1, 1]`` on the device, their labels, the losses and the checkpoint."""
+
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    result: train.TrainResult
+    checkpoint: Path
+
+
+def train_image_model(
     cfg: Config,
-    dataset: str = "mnist",
-    r: ImageRecipe | None = None,
+    r: ImageRecipe,
+    loss: ImageLoss,
+    kind: str,
     compile: bool = False,
     progress: bool = True,
     checkpoint_every: int = 250,
-) -> ImageDiffusion:
-    """Train (or resume, or load) the recipe's ``eps``-prediction DDPM on ``dataset``.
-
-    The loss is DDPM's simple loss, :func:`course_lib.ddpm.loss` (Algorithm 1), and the
-    loop is the course's one :func:`course_lib.train.train`, with EMA weights, atomic
-    checkpoints every ``checkpoint_every`` steps, and bf16 autocast + channels-last on
-    CUDA.
-
-    Args:
-        cfg: the active config (profile, device, training split).
-        dataset: ``"mnist"``, ``"fashion_mnist"`` or ``"cifar10"``.
-        r: the recipe (default :func:`recipe` ``(cfg, dataset)``).
-        compile: ``torch.compile`` the U-Net (GPU; the first steps then take a minute).
-        progress: show the training bar.
-        checkpoint_every: save this often, so an interrupted run loses little.
-    """
-    r = r or recipe(cfg, dataset)
-    if r.dataset != dataset:
-        raise ValueError(f"recipe is for {r.dataset!r}, not {dataset!r}")
-    ds = data_module.load(dataset, split=cfg.train_split)
+) -> TrainedImageModel:
+    """Train (or resume, or load) the recipe's U-Net on its data set with ``loss(net, x,
+    generator)``: the set-up every image model of the course shares (a fixed subset of
+    the training split on the device, seeded weights, flips for CIFAR-10, channels-last
+    and bf16 autocast on CUDA, EMA and atomic checkpoints named ``kind``-...)."""
+    ds = data_module.load(r.dataset, split=cfg.train_split)
     if r.n_images is not None and r.n_images < len(ds):
         ds = ds.subset(r.n_images, torch.Generator().manual_seed(r.seed))
     images = ds.to_float().to(cfg.device)
     labels = ds.labels.to(cfg.device)
-    schedule = schedules.by_name(r.schedule, r.T)
     with torch.random.fork_rng(devices=[]):  # the chapter's own random stream is untouched
         torch.manual_seed(r.seed)
         model = make_unet(r, images.shape[1]).to(cfg.device)
@@ -265,15 +267,15 @@ def train_image_diffusion(
     )
     generator = torch.Generator(device=cfg.device).manual_seed(r.seed + 1)
 
-    def loss_fn(net: nn.Module, x0: torch.Tensor) -> torch.Tensor:
+    def loss_fn(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if r.flip:
-            flip = torch.rand(x0.shape[0], device=x0.device, generator=generator) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+            flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
         if channels_last:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
-        return ddpm.loss(net, x0, schedule, "eps", generator)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return loss(net, x, generator)
 
-    path = checkpoint_path(r, cfg)
+    path = checkpoint_path(r, cfg, kind)
     with torch.random.fork_rng(devices=[]):
         result = train.train(
             model,
@@ -288,15 +290,54 @@ def train_image_diffusion(
             checkpoint=path,
             checkpoint_every=checkpoint_every,
             progress=progress,
-            desc=f"DDPM on {dataset}",
+            desc=f"{kind} on {r.dataset}",
         )
     assert result.ema is not None
+    return TrainedImageModel(result.ema.eval(), images, labels, result, path)
+
+
+def train_image_diffusion(
+    cfg: Config,
+    dataset: str = "mnist",
+    r: ImageRecipe | None = None,
+    compile: bool = False,
+    progress: bool = True,
+    checkpoint_every: int = 250,
+) -> ImageDiffusion:
+    """Train (or resume, or load) the recipe's ``eps``-prediction DDPM on ``dataset``.
+
+    The loss is DDPM's simple loss, :func:`course_lib.ddpm.loss` (Algorithm 1), and the
+    loop is the course's one :func:`course_lib.train.train` (through
+    :func:`train_image_model`), with EMA weights, atomic checkpoints every
+    ``checkpoint_every`` steps, and bf16 autocast + channels-last on CUDA.
+
+    Args:
+        cfg: the active config (profile, device, training split).
+        dataset: ``"mnist"``, ``"fashion_mnist"`` or ``"cifar10"``.
+        r: the recipe (default :func:`recipe` ``(cfg, dataset)``).
+        compile: ``torch.compile`` the U-Net (GPU; the first steps then take a minute).
+        progress: show the training bar.
+        checkpoint_every: save this often, so an interrupted run loses little.
+    """
+    r = r or recipe(cfg, dataset)
+    if r.dataset != dataset:
+        raise ValueError(f"recipe is for {r.dataset!r}, not {dataset!r}")
+    schedule = schedules.by_name(r.schedule, r.T)
+    trained = train_image_model(
+        cfg,
+        r,
+        lambda net, x0, g: ddpm.loss(net, x0, schedule, "eps", g),
+        "ddpm",
+        compile=compile,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
+    )
     return ImageDiffusion(
         recipe=r,
-        model=result.ema.eval(),
+        model=trained.model,
         schedule=schedule,
-        images=images,
-        labels=labels,
-        result=result,
-        checkpoint=path,
+        images=trained.images,
+        labels=trained.labels,
+        result=trained.result,
+        checkpoint=trained.checkpoint,
     )
