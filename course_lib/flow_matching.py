@@ -260,6 +260,16 @@ def score_from_velocity(
     return score_from_eps(path, eps_from_velocity(path, x, u, t), t)
 
 
+def eps_loss_weight(path: AffinePath, t: float | torch.Tensor) -> torch.Tensor:
+    """``λ_t = (σ̇_t - α̇_t σ_t / α_t)²``: with ``v = velocity_from_eps(ε̂)``,
+    ``v - u_t(x_t | x0, x1) = (σ̇_t - α̇_t σ_t / α_t)(ε̂ - x0)``, so the CFM loss of a
+    noise predictor is DDPM's ``ε`` loss weighted by ``λ_t`` over ``t ~ U[0, 1]``: flow
+    matching on a Gaussian path is diffusion training with another time weighting
+    (Lipman et al. 2023, §4.1; Kingma & Gao 2023)."""
+    t = _t(t)
+    return (path.d_sigma(t) - path.d_alpha(t) * path.sigma(t) / path.alpha(t)) ** 2
+
+
 def diffusion_time(t: float | torch.Tensor) -> torch.Tensor:
     """Chapter 5's diffusion time of flow time ``t`` on :func:`vp_path`: ``s = 1 - t``
     (the map is its own inverse)."""

@@ -269,3 +269,24 @@ def test_flow_between_gaussians_is_their_ot_map() -> None:
     w2 = float((m**2).sum()) + 2 * (1 - c) ** 2
     # Monte Carlo: ‖m + (c - 1) x0‖² has std ≈ 2 |c - 1| ‖m‖ ≈ 2.2, so the mean of 500 has se ≈ 0.1
     assert cost == pytest.approx(w2, abs=0.4)
+
+
+@pytest.mark.parametrize("name", PATH_NAMES)
+def test_cfm_loss_of_a_noise_predictor_is_a_weighted_eps_loss(name: str) -> None:
+    """Sample by sample, ``‖v(ε̂) - u_cond‖² = λ_t ‖ε̂ - x0‖²`` for *any* noise predictor
+    (here an arbitrary smooth function), which is what "flow matching with a Gaussian path
+    is diffusion with a time weighting" means."""
+    path = fm.get_path(name)
+    g = torch.Generator().manual_seed(11)
+    n = 64
+    x1 = torch.randn(n, 2, generator=g, dtype=torch.float64) + 1.0
+    x0 = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    t = 0.05 + 0.9 * torch.rand(n, generator=g, dtype=torch.float64) * path.t_max
+    xt = path.interpolate(x0, x1, t)
+    eps_hat = torch.tanh(xt) + 0.1 * t[:, None]
+    v = fm.velocity_from_eps(path, xt, eps_hat, t)
+    lhs = ((v - path.conditional_velocity(x0, x1, t)) ** 2).sum(1)
+    rhs = fm.eps_loss_weight(path, t) * ((eps_hat - x0) ** 2).sum(1)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=1e-12)
+    if name == "linear":  # σ̇ - α̇σ/α = -1 - (1 - t)/t = -1/t
+        torch.testing.assert_close(fm.eps_loss_weight(path, t), t**-2)
