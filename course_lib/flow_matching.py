@@ -392,10 +392,13 @@ class Straightness:
 
 
 @torch.no_grad()
-def straightness(velocity: Velocity, x0: torch.Tensor, n_steps: int = 100) -> Straightness:
-    """Measure :class:`Straightness` on Euler trajectories of ``n_steps`` from ``x0``; the
-    time integrals are the left Riemann sums of the same grid (the Euler velocities)."""
-    grid = time_grid(n_steps)
+def straightness(
+    velocity: Velocity, x0: torch.Tensor, n_steps: int = 100, path: AffinePath | None = None
+) -> Straightness:
+    """Measure :class:`Straightness` on Euler trajectories of ``n_steps`` from ``x0`` (to
+    ``path.t_max`` when a path is given: the VP path's exact field is infinite at ``t = 1``);
+    the time integrals are the left Riemann sums of the same grid (the Euler velocities)."""
+    grid = time_grid(n_steps, path)
     x = x0
     velocities = []
     for i in range(n_steps):
