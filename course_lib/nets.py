@@ -38,7 +38,9 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
     k = torch.arange(half, device=t.device, dtype=torch.float32)
     freqs = torch.exp(-math.log(max_period) * k / half)
     args = t.float()[:, None] * freqs[None, :]  # (B, half)
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    # a float64 model (the CNF gradient checks) gets float64 features; others float32
+    return emb.double() if t.dtype == torch.float64 else emb
 
 
 class TimeEmbedding(nn.Module):
