@@ -381,10 +381,11 @@ def sample(
 
 @dataclass(frozen=True)
 class Straightness:
-    """Liu et al. 2022's straightness ``S = ∫_0^1 E‖(x̂1 - x̂0) - v(x_t, t)‖² dt`` of the
-    sampled trajectories (zero iff every trajectory is a straight line at constant speed),
-    and the path energy ``E = ∫_0^1 E‖v(x_t, t)‖² dt`` (≥ ``E‖x̂1 - x̂0‖²``, with equality
-    for straight paths; Shaul et al. 2023, Tong et al. 2023 §5)."""
+    """Liu et al.'s straightness ``S = ∫_0^1 E‖(x̂1 - x̂0) - v(x̂_t, t)‖² dt`` of the
+    sampled trajectories ``x̂_t`` (zero iff every trajectory is a straight line at constant
+    speed), and the path energy ``𝓔 = ∫_0^1 E‖v(x̂_t, t)‖² dt`` (``= S + E‖x̂1 - x̂0‖²``,
+    so ≥ ``E‖x̂1 - x̂0‖²``, with equality for straight paths; Shaul et al. 2023, Tong et
+    al. 2024 §5)."""
 
     straightness: float
     path_energy: float

@@ -58,7 +58,7 @@ def test_ot_cost_falls_towards_w2_from_above() -> None:
         assert r.independent == pytest.approx(independent, rel=0.25)
     # decreasing in B and, at B = 512, within a few standard errors above W2²
     assert rows[0].ot > rows[1].ot > rows[2].ot
-    assert rows[2].ot > w2 - 3 * rows[2].ot_std / math.sqrt(8)
+    assert rows[2].ot > w2 - 3 * rows[2].ot_se
     assert rows[2].ot - w2 < 0.25 * (independent - w2)
 
 

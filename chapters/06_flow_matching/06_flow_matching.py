@@ -22,7 +22,7 @@
 # | | |
 # | --- | --- |
 # | **Learning goals** | *Derive* the continuity equation, the marginal velocity of a conditional path (in closed form for a Gaussian mixture), the flow-matching gradient identity, and the exact sense in which flow matching on a Gaussian path is diffusion training. *Implement* the conversion from a noise prediction to a velocity. *Train* flows with three couplings — independent pairs (rectified flow, I-CFM), minibatch optimal transport (OT-CFM) and reflow — and *measure* their straightness, their one-step samples and their quality against the number of network calls, beside chapter 5's samplers of a diffusion model, on 2D toys and on MNIST. |
-# | **Prerequisites** | Chapters 3 and 5: the forward noising $x = a\,x_0 + s\,\varepsilon$, Tweedie's formula, the probability-flow ODE, its solvers and the KL yardstick with its floor. Integration by parts; conditional expectations. |
+# | **Prerequisites** | Chapters 3 and 5 (and 0, 1, 4: the optimal denoiser, denoising score matching, DDIM): the forward noising $x = a\,x_0 + s\,\varepsilon$, Tweedie's formula, the probability-flow ODE, its solvers and the KL yardstick with its floor. Integration by parts; conditional expectations. |
 # | **Run time** | `smoke` ≈ 40 s · `cpu` ≈ 5 min (chapter 3's models loaded from disk if it has run; the MNIST flow is trained here) · `gpu` not yet measured |
 
 # %% [markdown]
@@ -55,7 +55,6 @@ if "google.colab" in sys.modules:  # Colab only: install course_lib, keep Colab'
     output.enable_custom_widget_manager()  # ipywidgets 8 on Colab
 
 # %%
-import math
 import time
 
 import matplotlib.pyplot as plt
@@ -64,6 +63,7 @@ from IPython.display import HTML, display
 
 import course_lib
 from course_lib import (
+    cnf,
     couplings,
     edm,
     evaluate,
@@ -130,11 +130,15 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Both fields are exact, the solver and the noise are the same; only the road differs.
-# The straight-line path gets far closer to the data in four steps. This chapter
-# explains why, shows how to train a network on any such path without ever computing
-# its velocity field, and then straightens the roads further, with optimal transport
-# and with *reflow*, until one step nearly suffices.
+# Both fields are exact, the solver and the noise are the same; only the path differs.
+# The straight-line path gets far closer to the data in four steps. Surprisingly, both
+# fields carry each noise draw to the *same* data point (section 4 shows why: with
+# independent pairs, every Gaussian path is the same map reparameterised in time and
+# scale); what differs is how hard the trajectories are for a solver that takes
+# uniform steps in $t$. This chapter explains the paths, shows how to train a network
+# on any of them without ever computing its velocity field, and then changes what no
+# reparameterisation can change — the *coupling* between noise and data — with optimal
+# transport and with *reflow*, until one step nearly suffices.
 #
 # ```{admonition} Time runs the other way in this chapter
 # :class: important
@@ -199,7 +203,8 @@ plt.show()
 # * **VP**, chapter 5's variance-preserving SDE read backwards: $\alpha_t$ is its mean
 #   coefficient at diffusion time $s = 1 - t$, $\sigma_t$ its standard deviation. Its
 #   $\dot\sigma_t$ is infinite at $t = 1$, so its grids stop at $t_{\max} = 1 - 10^{-3}$,
-#   the same place chapter 5's PF-ODE stopped.
+#   the same place chapter 5's PF-ODE stopped; and $\alpha_0 \approx 0.0066$, not $0$, so
+#   its $p_0$ is $\mathcal N(0, I)$ only approximately (as in chapter 5).
 
 # %%
 course_lib.show(fm.AffinePath.interpolate, docstring=False)
@@ -212,9 +217,10 @@ ff.plot_path_coefficients({"linear": linear, "cosine": cosine, "VP": vp})
 plt.show()
 
 # %% [markdown]
-# The VP path spends its first half almost entirely in noise ($\alpha_t$ stays near zero
-# until $t \approx 0.4$) and then rushes; its log signal-to-noise ratio is nearly linear
-# in $t$, the linear path's is not. Where a path moves fast, a solver needs small steps.
+# The VP path spends its first third almost entirely in noise ($\alpha_t$ stays near zero
+# until $t \approx 0.3$) and then rushes; its log signal-to-noise ratio climbs steadily
+# and shoots up near $t = 1$, while the linear path's, $\operatorname{logit}(t)$, is steep at
+# both ends. Where a path moves fast, a solver needs small steps.
 #
 # ## 2. The marginal velocity
 #
@@ -234,15 +240,16 @@ plt.show()
 # That is the left side of section 1's computation with $u_t$ in place of the
 # trajectory's velocity, so $p_t$ satisfies the continuity equation with $u_t$
 # (Lipman et al. {cite}`lipman2023flow`, Theorem 1). Solving $dx/dt = u_t(x)$ from
-# $x_0 \sim \mathcal N(0, I)$ therefore lands on the data.
+# $x_0 \sim \mathcal N(0, I)$ therefore lands on the data (for a $u_t$ regular enough that
+# the ODE and the continuity equation have unique solutions, as it is here).
 #
 # ### In closed form for a Gaussian mixture
 #
 # For data from a mixture $\sum_k w_k\,\mathcal N(\mu_k, C_k)$ both conditional
 # expectations are known. $x_t$ given component $k$ is Gaussian,
-# $\mathcal N(\alpha_t\mu_k,\ S_k)$ with $S_k = \alpha_t^2 C_k + \sigma_t^2 I$, so
+# $\mathcal N(\alpha_t\mu_k,\ \Sigma_k)$ with $\Sigma_k = \alpha_t^2 C_k + \sigma_t^2 I$, so
 #
-# * $\mathbb E[x_1 \mid x_t] = \sum_k r_k(x_t)\,\big(\mu_k + \alpha_t C_k S_k^{-1}(x_t - \alpha_t\mu_k)\big)$,
+# * $\mathbb E[x_1 \mid x_t] = \sum_k r_k(x_t)\,\big(\mu_k + \alpha_t C_k \Sigma_k^{-1}(x_t - \alpha_t\mu_k)\big)$,
 #   the per-component Gaussian posterior means weighted by the responsibilities
 #   $r_k(x_t) = p(k \mid x_t)$ (chapter 0's optimal denoiser);
 # * $\mathbb E[x_0 \mid x_t] = -\sigma_t\nabla\log p_t(x_t)$: Tweedie's formula for the
@@ -275,7 +282,7 @@ print(f"{'linear velocity, cosine densities':<32} t = 0.50: max |residual| {wron
 
 # %% [markdown]
 # Residuals of order $10^{-7}$ or below (the central difference's round-off) against
-# terms of order one or more: the closed form is right, for every path. The field is
+# relative residuals of $10^{-7}$ or below: the closed form is right, for every path. The field is
 # worth looking at. Early on ($t = 0.2$) it points almost straight at the data's mean;
 # late ($t = 0.8$) every region has decided which Gaussian it goes to.
 
@@ -299,8 +306,9 @@ plt.show()
 #
 # ### Flow matching, and why it is intractable
 #
-# For real data $u_t$ has no closed form: the posterior $p(x_1 \mid x_t)$ averages over
-# the whole data set. The regression we would like to run,
+# For a data set of $N$ points $u_t$ does have a closed form — a posterior average over
+# all $N$ training points, $O(N)$ work per evaluation — but its exact flow only
+# reproduces the training set; for the data *distribution* there is none. The regression we would like to run,
 #
 # $$ \mathcal L_{\text{FM}}(\theta) = \mathbb E_{t,\,x_t \sim p_t}\,\big\|v_\theta(x_t, t) - u_t(x_t)\big\|^2, $$
 #
@@ -332,7 +340,8 @@ plt.show()
 # and the same minimiser, $v_\theta = u_t$ (Lipman et al. {cite}`lipman2023flow`,
 # Theorem 2), and the conditional loss never reaches zero: its minimum is $C$. This is
 # chapter 1's denoising score matching argument again, for a velocity instead of a
-# score.
+# score. (The code averages the squared error over the $D$ coordinates, like chapter 3's
+# loss, so the numbers it prints are these losses divided by $D$.)
 
 # %%
 course_lib.show(fm.cfm_loss)
@@ -340,8 +349,9 @@ course_lib.show(fm.cfm_loss_at, docstring=False)
 
 # %% [markdown]
 # With the exact field in hand we can watch the identity at work. Adding a constant
-# $\delta$ to the exact field changes the loss by $\|\delta\|^2/D$ per dimension and
-# nothing else, because the cross term $2\delta\cdot\mathbb E[u_t - u^c]$ has mean zero.
+# $\delta$ to the exact field raises the (per-coordinate) loss by $\|\delta\|^2/D$ in
+# expectation and by nothing else, because the cross term
+# $(2/D)\,\delta\cdot\mathbb E[u_t(x_t) - u^c]$ has mean zero.
 # The same pairs and times serve every row (common random numbers), so the
 # differences are measured much more precisely than the losses themselves.
 
@@ -351,7 +361,7 @@ x1_l = twin.sample(n_loss, generator).double()
 x0_l = torch.randn(n_loss, 2, generator=generator, dtype=torch.float64)
 t_l = torch.rand(n_loss, generator=generator, dtype=torch.float64)
 base_loss = float(fm.cfm_loss_at(u_exact, x0_l, x1_l, t_l, linear))
-print(f"CFM loss of the exact field (its minimum C): {base_loss:.4f}")
+print(f"CFM loss of the exact field (its minimum C / D, D = 2): {base_loss:.4f}")
 for d in (0.05, 0.1, 0.3):
     delta = torch.tensor([d, -d], dtype=torch.float64)
     shifted = float(
@@ -375,18 +385,24 @@ for d in (0.05, 0.1, 0.3):
 #
 # | from | to velocity |
 # | --- | --- |
-# | noise prediction $\hat\varepsilon$ (chapter 3) | $u = \frac{\dot\alpha_t}{\alpha_t}(x - \sigma_t\hat\varepsilon) + \dot\sigma_t\hat\varepsilon$ |
+# | noise prediction $\hat\varepsilon$ (chapter 3) | exercise 6.1 |
 # | data prediction $\hat x_1$ (chapter 3's $\hat x_0$, EDM's $D_\theta$) | $u = \dot\alpha_t\hat x_1 + \frac{\dot\sigma_t}{\sigma_t}(x - \alpha_t\hat x_1)$ |
 # | score $\nabla\log p_t$ | $u = \frac{\dot\alpha_t}{\alpha_t}x + \big(\frac{\dot\alpha_t\sigma_t^2}{\alpha_t} - \dot\sigma_t\sigma_t\big)\nabla\log p_t$ |
 #
 # and back, $\hat x_1 = (\sigma_t u - \dot\sigma_t x)/(\dot\alpha_t\sigma_t - \dot\sigma_t\alpha_t)$,
-# $\hat\varepsilon = (\dot\alpha_t x - \alpha_t u)/(\dot\alpha_t\sigma_t - \dot\sigma_t\alpha_t)$.
+# $\hat\varepsilon = (\dot\alpha_t x - \alpha_t u)/(\dot\alpha_t\sigma_t - \dot\sigma_t\alpha_t)$ and
+# $\nabla\log p_t = -\hat\varepsilon/\sigma_t = (\alpha_t u - \dot\alpha_t x)/\big(\sigma_t(\dot\alpha_t\sigma_t - \dot\sigma_t\alpha_t)\big)$.
+# (All of this assumes independent pairs, $x_0 \sim \mathcal N(0, I)$ independent of $x_1$:
+# Tweedie's formula for the noise needs it. The couplings of sections 5 and 6 keep the
+# gradient identity of section 3 but lose the score conversions.)
 #
 # ### Exercise 6.1: a noise predictor as a velocity
 #
 # Write `velocity_from_eps(x, eps, alpha, sigma, d_alpha, d_sigma)`: the velocity of the
-# path at $x = x_t$ when the noise is (predicted to be) `eps`. Derive it first: solve
-# $x = \alpha x_1 + \sigma\varepsilon$ for $x_1$, then use $u = \dot\alpha x_1 + \dot\sigma\varepsilon$.
+# path at $x = x_t$ when the noise is (predicted to be) `eps`, with the arguments
+# $\alpha_t, \sigma_t, \dot\alpha_t, \dot\sigma_t$ at the current time. Derive it first:
+# solve $x = \alpha_t x_1 + \sigma_t\varepsilon$ for $x_1$, then use
+# $u = \dot\alpha_t x_1 + \dot\sigma_t\varepsilon$.
 
 
 # %% tags=["exercise"]
@@ -453,10 +469,34 @@ print(
 # which on the linear path is $\lambda_t = 1/t^2$. *This* is the precise sense in which
 # flow matching with a Gaussian path is diffusion: the same family of models, the same
 # marginal paths (up to the choice of $\alpha_t, \sigma_t$), a different weighting of
-# the noise levels in the loss, and — the practical difference — a network asked to
-# output a velocity, which stays of order one at every $t$ where $\hat\varepsilon$ must
-# be divided by $\alpha_t \to 0$. (Kingma & Gao push the weighting view to its end;
-# chapter 5's EDM is another point of the same design space.)
+# the noise levels in the loss, and — the practical difference — what the network is
+# asked to output: on the linear path the target $x_1 - x_0$ is of order one at every
+# $t$, whereas turning $\hat\varepsilon$ into a velocity divides by $\alpha_t \to 0$ near
+# $t = 0$. (Kingma & Gao {cite}`kingma2023understanding` push the weighting view to its
+# end; chapter 5's EDM is another point of the same design space.)
+#
+# The equivalence goes further than the loss. With independent pairs, two Gaussian
+# paths with the same signal-to-noise ratio $\alpha_t/\sigma_t$ at times $t$ and $t'$ have
+# the same law of $x_t/\sigma_t$; so their flows differ only by a change of time and a
+# rescaling of $x$, and they carry every noise draw to **the same data point**. The path
+# does not change the model, only how its trajectories are parameterised — which
+# matters to a solver with uniform steps in $t$ (the motivation's four Euler steps) and
+# to the loss weighting, not to the destination. Chapter 4's DDIM is an example: DDIM's
+# update is exactly Euler's method on the *linear* path, in the rescaled variable
+# $x/(\sqrt{\bar\alpha} + \sqrt{1-\bar\alpha})$ at time $t = \sqrt{\bar\alpha}/(\sqrt{\bar\alpha} + \sqrt{1-\bar\alpha})$
+# (substitute and compare the two updates). The cell checks the "same destination" claim
+# for the linear and cosine paths with 400 RK4 steps from the same noise.
+
+# %%
+same_noise = z_toy[:500]
+ends = {
+    label: fm.sample(fm.exact_velocity(twin, path), same_noise, 400, "rk4", path).x
+    for label, path in [("linear", linear), ("cosine", cosine)]
+}
+gap = float((ends["linear"] - ends["cosine"]).norm(dim=1).max())
+print(
+    f"linear vs cosine path, endpoints of the exact flows from the same noise: max distance {gap:.1e}"
+)
 
 # %%
 course_lib.show(fm.eps_loss_weight)
@@ -500,8 +540,9 @@ print(
 # %% [markdown]
 # About half of all pairs of independent paths meet; the flow's trajectories never do,
 # and its endpoints keep the order of its starting points. The flow pays for this with
-# curves: a particle starting near $x = 0$ first heads for the middle, where the two
-# bumps' pulls cancel, and decides late.
+# curves: early on ($u_t \approx \mathbb E[x_1] - x$) all particles contract towards the
+# middle, where the two bumps' pulls cancel, and those that start near $x = 0$ decide
+# last.
 #
 # %% [markdown]
 # ### Exercise 6.2: predict before you run
@@ -543,8 +584,8 @@ print(f"the data mean: {twin.mean().tolist()}")
 #
 # zero exactly when every trajectory is a straight line at constant speed, and then
 # one Euler step is exact. A related number is the **path energy**
-# $E = \int_0^1\mathbb E\|v(\hat x_t, t)\|^2 dt$. Since $\int_0^1 v\,dt = \hat x_1 - \hat x_0$,
-# expanding the square gives $E = S + \mathbb E\|\hat x_1 - \hat x_0\|^2$: the energy is
+# $\mathcal E = \int_0^1\mathbb E\|v(\hat x_t, t)\|^2 dt$. Since $\int_0^1 v\,dt = \hat x_1 - \hat x_0$,
+# expanding the square gives $\mathcal E = S + \mathbb E\|\hat x_1 - \hat x_0\|^2$: the energy is
 # the displacement's cost plus the detour. `fm.straightness` integrates both along Euler
 # trajectories.
 
@@ -561,9 +602,10 @@ course_lib.show(fm.straightness, docstring=False)
 # pairs are a deterministic function of the noise, made by a flow whose trajectories
 # never meet, so the straight paths between them meet far less often (in one
 # dimension, never: the flow keeps the order of its particles, as the count above
-# showed). Liu et al. prove that the transport cost $\mathbb E\|\hat x_1 - x_0\|^2$
-# never increases under reflow, and that the paths become straight as it is repeated
-# (their §3).
+# showed). For exact flows, Liu et al. prove that the transport cost
+# $\mathbb E\|\hat x_1 - x_0\|^2$ never increases under reflow, and that the paths become
+# straight as it is repeated (their §3); a learned 2-RF also inherits its teacher's
+# errors.
 
 # %%
 course_lib.show(fm.reflow_pairs)
@@ -602,7 +644,7 @@ for label, s in straight.items():
 # In the `cpu` profile reflow cuts the straightness by three orders of magnitude, and
 # OT-CFM (section 6), trained with straight pairs from the start, by two. The
 # displacement $\mathbb E\|\hat x_1 - \hat x_0\|^2$ is nearly the same for all four
-# fields; what reflow removes is the detour, $E - \mathbb E\|\hat x_1 - \hat x_0\|^2 = S$.
+# fields; what reflow removes is the detour, $\mathcal E - \mathbb E\|\hat x_1 - \hat x_0\|^2 = S$.
 # (In `smoke` the networks train for thirty steps and these numbers mean little.) Now
 # the payoff: **one Euler step** of each learned flow, from the same noise.
 
@@ -622,8 +664,9 @@ plt.show()
 # Before reflow, one step collapses the samples towards the mean, as exercise 6.2
 # predicted (the learned field is not exact, so the collapse is not complete). After
 # reflow, one step lands on the eight modes. This is the two-dimensional picture of
-# Liu et al.'s CIFAR-10 numbers: one Euler step of 1-RF has FID 378, of 2-RF 12.2
-# (Table 1, no distillation). The animations follow the particles along the
+# why one Euler step of a trained 1-RF on CIFAR-10 is reported at FID 378, and of 2-RF
+# at 12.2 (Liu et al., Table 1, no distillation; figures from secondary sources, marked
+# unverified in the course's list of published numbers). The animations follow the particles along the
 # trajectories, 50 frames each:
 
 # %%
@@ -652,10 +695,12 @@ for label in ("I-CFM (1-RF)", "2-RF (reflow)"):
 # gradient identity (the proof only used that $x_t$ is a function of the pair). The
 # best coupling for straight paths is the **optimal transport** plan, which minimises
 # $\mathbb E_\pi\|x_1 - x_0\|^2$; its value is the squared 2-Wasserstein distance $W_2^2$.
-# Its straight paths never meet: if two particles were at one point at one time,
-# swapping their destinations there would cost strictly less (the triangle inequality,
-# strict unless the two paths are collinear), contradicting optimality (this is
-# McCann's observation; in one dimension it says the OT coupling is monotone). So each
+# Its straight paths never meet: if two particles, on paths $a \to b$ and $a' \to b'$ of
+# lengths $L$ and $L'$, were at one point at one time $t$, swapping their destinations
+# would cost $\|a - b'\|^2 + \|a' - b\|^2 \le L^2 + L'^2 - 2t(1-t)(L - L')^2$ (the triangle
+# inequality through the meeting point, then convexity of the square), with equality
+# only if the two paths are the same — contradicting optimality (McCann
+# {cite}`mccann1997convexity`; in one dimension it says the OT coupling is monotone). So each
 # point at each time has a single conditional velocity, the marginal flow moves along
 # the straight paths themselves, and one Euler step is exact.
 #
@@ -663,7 +708,8 @@ for label in ("I-CFM (1-RF)", "2-RF (reflow)"):
 # compute it **per batch**: draw $B$ noise vectors and $B$ data points, solve the
 # assignment problem that pairs them with the least total squared distance, and use
 # those pairs. The course solves it exactly with scipy's `linear_sum_assignment`
-# (the Hungarian-type algorithm of Crouse; POT's network simplex was measured against it
+# (a shortest-augmenting-path algorithm of the Jonker–Volgenant kind, as described by
+# Crouse; POT's network simplex was measured against it
 # in `benchmarks/ot_solvers.py` and was not clearly faster at these batch sizes).
 
 # %%
@@ -708,13 +754,15 @@ batch_sizes = cfg.pick(
 cost_rows = ff.ot_cost_vs_batch(
     lambda n, g: m_g + torch.randn(n, 2, generator=g, dtype=torch.float64) @ L_g.T,
     batch_sizes,
-    repeats=cfg.pick(smoke=3, cpu=10, gpu=10),
+    repeats=lambda b: cfg.pick(smoke=3, cpu=max(8, 4096 // b), gpu=max(16, 8192 // b)),
     generator=generator,
 )
+independent_exact = float((m_g**2).sum() + 2 + torch.trace(C_g))  # E‖x1 - x0‖², x0 ⟂ x1
+print(f"exact: independent {independent_exact:.3f}, W₂² = {w2_exact:.3f} (the OT plan)")
 for r in cost_rows:
     print(
-        f"B = {r.batch:>5}: independent {r.independent:.3f}, minibatch OT {r.ot:.3f} ± {r.ot_std:.3f} "
-        f"(W₂² = {w2_exact:.3f})"
+        f"B = {r.batch:>5}: independent {r.independent:.3f}, minibatch OT {r.ot:.3f} "
+        f"± {r.ot_se:.3f} (standard error)"
     )
 ff.plot_ot_cost(cost_rows, w2_exact)
 plt.show()
@@ -731,7 +779,8 @@ plt.show()
 #
 # A class-conditional model $v_\theta(x, t, y)$ (chapter 8) is sampled by drawing
 # $x_0 \sim \mathcal N(0, I)$ and a label $y$. Minibatch OT over a batch of *mixed*
-# labels pairs each data point with the nearest noise: the noise paired with label $y$
+# labels minimises the *total* squared distance, so each label receives the noise of its
+# own region: the noise paired with label $y$
 # is no longer $\mathcal N(0, I)$ but one region of it. Color each noise draw by the
 # label (the mixture component) of its partner:
 
@@ -752,11 +801,13 @@ print(f"‖E[x0 | label]‖ per label, minibatch OT: {', '.join(f'{v:.2f}' for v
 
 # %% [markdown]
 # Under OT each label owns a wedge of the noise, and the conditional noise has its mean
-# about one unit from the origin. A conditional model trained on these pairs learns to
+# about $1.2$ from the origin ($\sqrt{\pi/2}\,\sin(\pi/8)/(\pi/8) \approx 1.22$ for
+# exact eighths of $\mathcal N(0, I)$). A conditional model trained on these pairs learns to
 # transport only its wedge; at sampling time seven eighths of the noise it receives
 # comes from wedges it never saw, and it has no reason to send them anywhere sensible.
 # The remedies pair within each label (OT per class), or add the label to the cost.
-# Chapter 8 trains conditional models with independent pairs for this reason.
+# The course's chapter on guidance will train conditional models with independent pairs
+# for this reason.
 #
 # ## 7. Samplers against the number of network calls
 #
@@ -802,8 +853,9 @@ ff.plot_by_method(exact_table, floor=(floor.mean, floor.std), suptitle="exact ve
 plt.show()
 
 # %% [markdown]
-# (One Euler step of an exact field with independent pairs puts every sample on the
-# mean — exercise 6.2 — whose KL is infinite, so the exact tables start at two steps.)
+# (One Euler step of the exact *linear-path* field puts every sample on the mean —
+# exercise 6.2 — whose KL is infinite; on the cosine and VP paths one step leaves the
+# noise almost where it is. The exact tables start at two steps.)
 #
 # Now the learned models, from the same noise. Chapter 3's diffusion MLP for this toy is
 # loaded if chapter 3 has run; its EDM denoiser runs through chapter 5's samplers
@@ -840,12 +892,15 @@ for label, points in learned_table[ff.EULER].items():
 # %% [markdown]
 # How to read it (your numbers will differ a little; the spreads say by how much).
 #
-# * **Among exact fields, the path decides the price.** With Euler, the linear and
-#   cosine paths are close to each other and several times better than the VP path at
-#   8–16 steps: the VP path's velocity changes fastest near the data, exactly where
-#   Euler's error is made. Heun is *worse* than Euler at 2–8 calls (its second slope is
-#   taken at a badly wrong point) and better from about 16 on, as in chapter 5. With
-#   enough calls every path reaches the floor.
+# * **Among exact fields, the parameterisation decides the price.** All three paths have
+#   the same noise-to-data map (section 4), but a solver with uniform steps in $t$ sees
+#   them differently. With Euler the linear and cosine paths are close to each other
+#   (cosine is better at two calls) and several times better than the VP path at 8–16
+#   calls: the VP path's velocity changes fastest near the data, exactly where Euler's
+#   error is made. Heun is *worse* than Euler at 2–8 calls (its second slope is taken at
+#   a badly wrong point) and better from about 16 on for the linear and cosine paths, as
+#   in chapter 5; on the VP path it has not converged at 32 calls. dopri5 reaches the
+#   floor on every path.
 # * **Among learned models, the coupling decides at small NFE.** One Euler step of
 #   OT-CFM or 2-RF is already close to what those models reach with many steps; one
 #   step of I-CFM collapses towards the mean (exercise 6.2). At large NFE every flow
@@ -853,12 +908,12 @@ for label, points in learned_table[ff.EULER].items():
 #   Gaussians are hard for a small MLP, and the KL charges every sample between them.
 #   Reflow's student inherits its teacher's errors, so its converged quality is no
 #   better than I-CFM's.
-# * **The diffusion model** (chapter 3's ε-objective, the same MLP and budget, sampled
-#   on EDM's grid) is far behind at a few calls — curved trajectories, and EDM's Heun
-#   with two steps is worse than no sampler at all — and levels off higher than the
-#   flows in this experiment. Chapter 5 saw the same level for chapter 3's MLP on
-#   `moons`. The comparison is of the whole recipe (objective, parameterisation,
-#   sampler), not of paths alone.
+# * **The diffusion model** (chapter 3's $\varepsilon$-objective, the same MLP and
+#   budget, on EDM's grid) is worse at every NFE here, and its dopri5 value shows that
+#   the gap is the network, not the solver. Its trajectories are no more curved than
+#   I-CFM's: both use independent pairs, and Euler on EDM's ODE is Euler on the linear
+#   path on another grid (section 4). What differs is the objective and its weighting
+#   $\lambda_t$, the grid, and the start at $\sigma_{\max} = 4.5$ instead of pure noise.
 #
 # ### Likelihoods, with chapter 5's code
 #
@@ -871,33 +926,33 @@ for label, points in learned_table[ff.EULER].items():
 
 
 # %%
-def prior_log_prob(z):
-    return -0.5 * (z**2).sum(1) - math.log(2 * math.pi)
-
-
 n_lik = cfg.pick(smoke=32, cpu=256, gpu=1024)
 x_lik = twin.sample(n_lik, generator).double()
 lik_exact = likelihood.ode_log_likelihood(
-    u_exact, x_lik, 1.0, 0.0, prior_log_prob, rtol=1e-7, atol=1e-7
+    u_exact, x_lik, 1.0, 0.0, cnf.standard_normal_log_prob, rtol=1e-7, atol=1e-7
 )
 lik_err = (lik_exact.log_p - twin.log_prob(x_lik)).abs()
 print(
     f"exact linear-path flow: |log p - log p_mixture| max {lik_err.max():.1e} ({lik_exact.nfe} NFE)"
 )
-entropy = float(-twin.log_prob(twin.sample(200_000, generator)).mean())
-nll = {}
+log_p_data = twin.log_prob(x_lik)
+kl_pq = {}  # KL(p || q) estimated on the same points: mean of log p(x) - log q(x)
 for label, f in flows.items():
     res = likelihood.ode_log_likelihood(
-        f.velocity, x_lik.float(), 1.0, 0.0, prior_log_prob, rtol=1e-5, atol=1e-5
+        f.velocity, x_lik.float(), 1.0, 0.0, cnf.standard_normal_log_prob, rtol=1e-5, atol=1e-5
     )
-    nll[label] = float(-res.log_p.mean())
-    print(f"{label:<14} NLL {nll[label]:.3f} nats (data entropy {entropy:.3f}; {res.nfe} NFE)")
+    kl_pq[label] = float((log_p_data - res.log_p.double()).mean())
+    print(
+        f"{label:<14} NLL {float(-res.log_p.mean()):.3f} nats, data entropy on the same points "
+        f"{float(-log_p_data.mean()):.3f}: KL(p‖q) ≈ {kl_pq[label]:.3f} nats ({res.nfe} NFE)"
+    )
 
 # %% [markdown]
 # The exact flow's likelihood agrees with the mixture to the solver's tolerance, as in
-# chapter 5. The learned models' NLL exceeds the entropy by their KL from the data in
-# the other direction, $\mathrm{KL}(p\|q)$; chapter 7 trains the same networks *for* this
-# number, by maximum likelihood, and compares.
+# chapter 5. The learned models' NLL exceeds the data's entropy by their KL from the
+# data in the other direction, $\mathrm{KL}(p\|q) = \mathbb E_p[\log p - \log q]$, estimated
+# here on the same points so that the two averages share their noise. The next chapter
+# trains the same networks *for* this number, by maximum likelihood, and compares.
 #
 # ## 8. MNIST: a flow and a diffusion model with the same budget
 #
@@ -996,8 +1051,10 @@ print(
 # %% [markdown]
 # What to notice. The flow's samples and the diffusion model's come from the same noise
 # but different models, so the digits differ. At equal budgets the flow at 20 calls
-# competes with DDIM at 50 — the linear path's straighter trajectories at work, the
-# same effect as in the 2D table. Whether the difference is real is printed above
+# competes with DDIM at 50. Both samplers integrate the same linear-path geometry (DDIM
+# is Euler on the linear path after rescaling $x$, section 4); the difference is the
+# objective (velocity against $\varepsilon$, with its weighting $\lambda_t$) and the time
+# grid. Whether the difference is real is printed above
 # against the spread of real digits: with a hundred samples, differences of a few FID
 # points are noise. The published picture on CIFAR-10 (Lipman et al., Table 1, dopri5):
 # flow matching on the OT path reached FID 6.35 at 142 NFE and 2.99 bits/dim, against
@@ -1072,8 +1129,10 @@ for label, r in reach.items():
 print(
     f"{'likelihood: exact flow log p error':<{w}} {lik_err.max():.1e} nats max over {n_lik} points"
 )
-for label, v in nll.items():
-    print(f"{'likelihood: 2D NLL − entropy, ' + label:<{w}} {v - entropy:.3f} nats")
+for label, v in kl_pq.items():
+    print(
+        f"{'likelihood: 2D KL(p‖q) from exact log p, ' + label:<{w}} {v:.3f} nats ({n_lik} points)"
+    )
 print(
     f"{'quality: MNIST classifier-FID flow@20 NFE vs DDIM@50':<{w}} "
     f"{best_flow_20.quality:.2f} vs {ddim_50.quality:.2f} (real floor {fid_floor:.2f} ± "
@@ -1087,11 +1146,11 @@ print(
     "2.99 bits/dim; FM on the diffusion path 8.06 @ 183; DDPM objective 7.48 @ 274 (dopri5)"
 )
 print(
-    f"{'published: Liu et al. 2022, Table 1, CIFAR-10':<{w}} FID 1-RF 2.58 @ 127 NFE (RK45); "
-    "one Euler step: 1-RF 378, 2-RF 12.21, 3-RF 8.15 (no distillation)"
+    f"{'published: Liu et al. 2023 (ICLR), Table 1, CIFAR-10':<{w}} FID 1-RF 2.58 @ 127 NFE (RK45); "
+    "one Euler step: 1-RF 378, 2-RF 12.21, 3-RF 8.15 (no distillation; secondary sources)"
 )
 print(
-    f"{'published: Tong et al. 2023 (torchcfm), CIFAR-10':<{w}} OT-CFM FID 3.5 with dopri5; "
+    f"{'published: Tong et al. 2024 (TMLR; torchcfm), CIFAR-10':<{w}} OT-CFM FID 3.5 with dopri5; "
     "400k iterations at batch 128 (users report ~19 h on one RTX 4090)"
 )
 
@@ -1117,7 +1176,8 @@ print(
 #   the CFM loss of a noise predictor is the $\varepsilon$-loss weighted by
 #   $(\dot\sigma_t - \dot\alpha_t\sigma_t/\alpha_t)^2$.
 # * Straight conditional paths do not make a straight flow: independent pairs cross,
-#   and the marginal flow bends (one Euler step of the exact field lands on the mean).
+#   and the marginal flow bends (one Euler step of the exact linear-path field lands on
+#   the mean).
 #   **Couplings** straighten it: **reflow** retrains on the flow's own pairs, **minibatch
 #   OT** pairs each batch optimally (cost approaching $W_2^2$ as the batch grows, but
 #   breaking conditional models). Straighter flows need fewer network calls.
