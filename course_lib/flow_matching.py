@@ -119,7 +119,7 @@ class AffinePath:
 
 def linear_path() -> AffinePath:
     """The linear (conditional OT, rectified-flow) path ``x_t = t x1 + (1 - t) x0``:
-    ``u_t = x1 - x0`` (Lipman et al. 2023, eq. 20 with ``σ_min = 0``; Liu et al. 2022,
+    ``u_t = x1 - x0`` (Lipman et al. 2023, eq. 20 with ``σ_min = 0``; Liu et al. 2023,
     eq. 1; Tong et al. 2023's I-CFM with ``σ = 0``)."""
     return AffinePath(
         "linear",
@@ -419,10 +419,10 @@ def straightness(
 def reflow_pairs(
     velocity: Velocity, x0: torch.Tensor, n_steps: int = 100, method: str = "rk4"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rectified flow's reflow coupling (Liu et al. 2022, Alg. 1): the pairs
+    """Rectified flow's reflow coupling (Liu et al. 2023, Alg. 1): the pairs
     ``(x0, x̂1)`` with ``x̂1`` the ODE solution of ``velocity`` from ``x0``. Training a new
     flow on these pairs ("2-RF") straightens the paths: the pairs are a deterministic
     coupling, made by a flow whose trajectories never meet, so the new model's
     conditional paths meet far less often, and the transport cost ``E‖x̂1 - x0‖²`` does
-    not increase (Liu et al. 2022, §3)."""
+    not increase (Liu et al. 2023, §3)."""
     return x0, sample(velocity, x0, n_steps, method).x

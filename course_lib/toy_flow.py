@@ -3,7 +3,7 @@ and path, trained once with the same network and budget as chapter 3's diffusion
 
 ``coupling`` is ``"independent"`` (I-CFM / 1-rectified flow on the linear path), ``"ot"``
 (minibatch OT-CFM, Tong et al. 2023) or ``"reflow"`` (2-rectified flow: pairs ``(x0, x̂1)``
-sampled from a trained ``teacher``, Liu et al. 2022). Like
+sampled from a trained ``teacher``, Liu et al. 2023). Like
 :func:`course_lib.toy_diffusion.train_toy_diffusion`, a checkpoint named by a hash of
 the recipe makes the second call a load.
 """

@@ -23,7 +23,7 @@
 # | --- | --- |
 # | **Learning goals** | *Derive* the continuity equation, the marginal velocity of a conditional path (in closed form for a Gaussian mixture), the flow-matching gradient identity, and the exact sense in which flow matching on a Gaussian path is diffusion training. *Implement* the conversion from a noise prediction to a velocity. *Train* flows with three couplings — independent pairs (rectified flow, I-CFM), minibatch optimal transport (OT-CFM) and reflow — and *measure* their straightness, their one-step samples and their quality against the number of network calls, beside chapter 5's samplers of a diffusion model, on 2D toys and on MNIST. |
 # | **Prerequisites** | Chapters 3 and 5 (and 0, 1, 4: the optimal denoiser, denoising score matching, DDIM): the forward noising $x = a\,x_0 + s\,\varepsilon$, Tweedie's formula, the probability-flow ODE, its solvers and the KL yardstick with its floor. Integration by parts; conditional expectations. |
-# | **Run time** | `smoke` ≈ 40 s · `cpu` ≈ 5 min (chapter 3's models loaded from disk if it has run; the MNIST flow is trained here) · `gpu` not yet measured |
+# | **Run time** | `smoke` ≈ 25 s · `cpu` ≈ 5 min with chapter 3's models on disk (this chapter trains its three 2D flows and the MNIST flow; about 2 min more if it must train chapter 3's MNIST model too) · `gpu` not yet measured |
 
 # %% [markdown]
 # The next cell does something only on Google Colab: it installs `course_lib`, the
