@@ -188,18 +188,13 @@ def log_prob(
     return CNFResult(prior + div_int, prior, div_int, z, -kin_int, -jac_int, nfe)
 
 
-def mle_loss(
-    net: nn.Module,
-    x: torch.Tensor,
-    kinetic_weight: float = 0.0,
-    jacobian_weight: float = 0.0,
-    **solve: object,
+def regularized_loss(
+    res: CNFResult, kinetic_weight: float = 0.0, jacobian_weight: float = 0.0
 ) -> torch.Tensor:
-    """FFJORD's objective with RNODE's regularisers: ``mean(-log p_1(x)) + λ_K mean(∫‖v‖²)
-    + λ_J mean(∫‖∂v/∂x‖_F²)``, per dimension of ``x`` (nats/dim). ``solve`` is passed to
-    :func:`log_prob`. A NaN or infinite loss raises with the likely cause."""
-    res = log_prob(net, x, **solve)  # type: ignore[arg-type]
-    d = x[0].numel()
+    """FFJORD's objective with RNODE's regularisers, per data dimension (nats/dim):
+    ``mean(-log p_1(x)) + λ_K mean(∫‖v‖² dt) + λ_J mean(∫‖∂v/∂x‖_F² dt)``, all over ``D``.
+    A NaN or infinite loss raises with the likely cause."""
+    d = res.z[0].numel()
     loss = -res.log_p.mean() / d
     if kinetic_weight:
         loss = loss + kinetic_weight * res.kinetic.mean() / d
@@ -211,3 +206,15 @@ def mle_loss(
             "learning rate, or add a kinetic or Jacobian regulariser (kinetic_weight=0.01)."
         )
     return loss
+
+
+def mle_loss(
+    net: nn.Module,
+    x: torch.Tensor,
+    kinetic_weight: float = 0.0,
+    jacobian_weight: float = 0.0,
+    **solve: object,
+) -> torch.Tensor:
+    """:func:`regularized_loss` of :func:`log_prob` of ``x`` (``solve`` is passed to it)."""
+    res = log_prob(net, x, **solve)  # type: ignore[arg-type]
+    return regularized_loss(res, kinetic_weight, jacobian_weight)
