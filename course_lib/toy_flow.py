@@ -28,17 +28,21 @@ COUPLINGS: tuple[str, ...] = ("independent", "ot", "reflow")
 @dataclass(frozen=True)
 class FlowRecipe:
     """A trained 2D flow: chapter 3's network and budget (``base``), the path, the
-    coupling, and for reflow the number of ODE steps that make the pairs."""
+    coupling, for reflow the number of ODE steps that make the pairs, and the time scale
+    of the network's time embedding (chapter 3's 1000 by default; chapter 7 compares with
+    a CNF at 1, where ``v`` varies slowly in ``t`` and adaptive solvers take few steps)."""
 
     base: toy_diffusion.ToyRecipe
     path: str = "linear"
     coupling: str = "independent"
     reflow_steps: int = 100
+    time_scale: float = 1000.0
 
 
 def recipe(cfg: Config, toy: str, **overrides: object) -> FlowRecipe:
     """The flow recipe for ``toy`` in ``cfg``'s profile; ``overrides`` may name fields of
-    :class:`FlowRecipe` (``path``, ``coupling``, ``reflow_steps``) or of its base."""
+    :class:`FlowRecipe` (``path``, ``coupling``, ``reflow_steps``, ``time_scale``) or of its
+    base."""
     own = {k: v for k, v in overrides.items() if k in FlowRecipe.__dataclass_fields__}
     base = toy_diffusion.recipe(cfg, toy, **{k: v for k, v in overrides.items() if k not in own})
     r = FlowRecipe(base, **own)  # type: ignore[arg-type]
@@ -91,7 +95,7 @@ def train_toy_flow(
     x1 = toys.sample(toy, b.n_points, g)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(b.seed)
-        model = MLP(dim=2, hidden=b.hidden, depth=b.depth)
+        model = MLP(dim=2, hidden=b.hidden, depth=b.depth, time_scale=r.time_scale)
     name = f"flow-toy-{toy}-{r.coupling}-{recipes.key(r)}"
     if teacher is not None:
         name += f"-from-{recipes.key(teacher.recipe)}"

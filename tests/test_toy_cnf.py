@@ -53,7 +53,9 @@ def test_mle_cnf_learns_a_gaussian() -> None:
 def test_train_toy_cnf_checkpoints_and_loads(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("COURSE_DATA", str(tmp_path))
     cfg = config.get_config("smoke")
-    r = toy_cnf.recipe(cfg, "moons", steps=6, hidden=16, depth=1, n_points=256, batch_size=32)
+    r = toy_cnf.recipe(
+        cfg, "moons", steps=6, hidden=16, depth=1, n_points=256, batch_size=32, method="rk4"
+    )
     first = toy_cnf.train_toy_cnf(cfg, "moons", r, progress=False)
     assert first.checkpoint.exists() and first.result.resumed_at == 0
     assert first.nfe == [4 * r.n_steps] * r.base.steps  # rk4: four calls per step
