@@ -58,6 +58,25 @@ def _probes(
     return v.to(like.device)
 
 
+def exact_divergence(out: torch.Tensor, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """``Σ_i ∂out_i/∂x_i`` per sample for an output ``out = f(x)`` already computed from
+    ``x`` (which requires grad): one backward pass per dimension. Row ``b`` of ``out``
+    depends on row ``b`` of ``x`` only, so summing over the batch gives every sample's
+    ``∂f_i/∂x_i`` at once."""
+    b = x.shape[0]
+    out_flat = out.reshape(b, -1)
+    div = torch.zeros(b, dtype=out.dtype, device=out.device)
+    if not out.requires_grad:  # f does not depend on x: zero divergence
+        return div
+    for i in range(out_flat.shape[1]):
+        (g,) = torch.autograd.grad(
+            out_flat[:, i].sum(), x, create_graph=create_graph, retain_graph=True, allow_unused=True
+        )
+        if g is not None:
+            div = div + g.reshape(b, -1)[:, i]
+    return div
+
+
 def _divergence_and_output(
     fn: ScoreFn,
     x: torch.Tensor,
@@ -81,22 +100,7 @@ def _divergence_and_output(
         x = x if x.requires_grad else x.detach().requires_grad_(True)
         if estimator == "exact":
             out = fn(x)
-            out_flat = out.reshape(b, -1)
-            div = torch.zeros(b, dtype=out.dtype, device=out.device)
-            if not out.requires_grad:  # fn does not depend on x: zero divergence
-                return div, out
-            # One backward per dimension: row b of out depends on row b of x only, so
-            # summing over the batch gives every sample's ∂s_i/∂x_i at once.
-            for i in range(out_flat.shape[1]):
-                (g,) = torch.autograd.grad(
-                    out_flat[:, i].sum(),
-                    x,
-                    create_graph=create_graph,
-                    retain_graph=True,
-                    allow_unused=True,
-                )
-                if g is not None:
-                    div = div + g.reshape(b, -1)[:, i]
+            div = exact_divergence(out, x, create_graph)
             return div, (out if create_graph else out.detach())
         # Hutchinson: all probes in one batched pass over x repeated n_probes times.
         x_rep = x.repeat(n_probes, *((1,) * (x.ndim - 1)))

@@ -126,6 +126,7 @@ def train_toy_cnf(
         res = cnf.log_prob(
             net, batch, divergence=r.divergence, method=r.method, n_steps=r.n_steps,
             rtol=r.rtol, atol=r.atol, adjoint=r.adjoint, generator=g,
+            jacobian=r.jacobian_weight > 0,
         )  # fmt: skip
         nfe.append(res.nfe)
         return cnf.regularized_loss(res, r.kinetic_weight, r.jacobian_weight)
