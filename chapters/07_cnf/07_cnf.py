@@ -23,7 +23,7 @@
 # | --- | --- |
 # | **Learning goals** | *Derive* the change of variables of a normalizing flow, the triangular Jacobian of a coupling layer, the instantaneous change of variables $d\log p/dt = -\nabla\cdot v$, and the mean and variance of Hutchinson's trace estimator. *Implement* an affine change of variables and predict an estimator's variance. *Train* the same network as a continuous normalizing flow by maximum likelihood (FFJORD) and by flow matching, and *measure* what each costs — wall time, network calls, and likelihood against the twin's exact $\log p$. |
 # | **Prerequisites** | Chapters 5 and 6: ODE solvers, the probability-flow likelihood, flow matching and its paths. The determinant of a triangular matrix; the trace; variances of sums. |
-# | **Run time** | `smoke` ≈ 30 s · `cpu` ≈ 5 min (chapter 6's MNIST flow loaded if chapter 6 has run) · `gpu` not yet measured |
+# | **Run time** | `smoke` ≈ 15 s · `cpu` ≈ 3 min with chapters 3 and 6's MNIST models on disk (about 2 min more for each it must train) · `gpu` not yet measured |
 
 # %% [markdown]
 # The next cell does something only on Google Colab: it installs `course_lib`, the
@@ -133,6 +133,15 @@ print(
 # asking which step is worth more. The rest of
 # the chapter earns the right to compare them: what a likelihood of an ODE is, how to
 # compute and differentiate it, and what the two models are worth when both are done.
+#
+# The road map: section 1 recalls discrete normalizing flows and the change of
+# variables, with a coupling flow trained on the toy; section 2 lets the number of
+# layers go to infinity and finds the instantaneous change of variables; section 3
+# makes its trace affordable in high dimension with Hutchinson's estimator and computes
+# that estimator's variance; section 4 trains a CNF by maximum likelihood, with the
+# adjoint method and two regularisers; section 5 trains the same network by flow
+# matching and compares the two against the twin's exact density; section 6 turns to
+# images, where the bookkeeping of a likelihood decides the number it reports.
 #
 # ## 1. Normalizing flows in one page
 #
@@ -325,8 +334,12 @@ for r in tol_rows:
 #
 # ### Its variance
 #
-# Only the symmetric part $S = (J + J^\top)/2$ enters $\varepsilon^\top J\varepsilon$.
-# For a **Gaussian** probe, Isserlis' theorem gives $\operatorname{Var} = 2\|S\|_F^2 = 2\sum_{ij}S_{ij}^2$.
+# Only the symmetric part $S = (J + J^\top)/2$ enters $\varepsilon^\top J\varepsilon$, because
+# $\varepsilon^\top J\varepsilon$ is a number and equals its own transpose
+# $\varepsilon^\top J^\top\varepsilon$. For a **Gaussian** probe, Isserlis' theorem gives the
+# fourth moments, $\mathbb E[\varepsilon_i\varepsilon_j\varepsilon_k\varepsilon_l] = \delta_{ij}\delta_{kl} + \delta_{ik}\delta_{jl} + \delta_{il}\delta_{jk}$,
+# so $\mathbb E[(\varepsilon^\top S\varepsilon)^2] = (\operatorname{tr}S)^2 + 2\operatorname{tr}(S^2)$ and
+# $\operatorname{Var} = 2\operatorname{tr}(S^2) = 2\|S\|_F^2 = 2\sum_{ij}S_{ij}^2$.
 # For a **Rademacher** probe ($\pm 1$ with equal probability), $\varepsilon_i^2 = 1$, so
 # $\varepsilon^\top S\varepsilon = \sum_i S_{ii} + 2\sum_{i<j} S_{ij}\varepsilon_i\varepsilon_j$:
 # the diagonal is exact, and the products $\varepsilon_i\varepsilon_j$ ($i < j$) are
@@ -532,22 +545,39 @@ plt.show()
 #
 # * **Per unit of wall time.** Compare the rows at equal steps (the first flow-matching
 #   row) and at comparable "train s". The MLE step optimises the likelihood itself, so
-#   at equal steps it leads by far (in the `cpu` profile, 0.08 against 0.67 nats after
+#   at equal steps it leads by far (in the `cpu` profile, 0.09 against 0.67 nats after
 #   250 steps); but a flow-matching step costs far less (the ratio printed at the top),
 #   and within a fraction of the MLE model's wall time flow matching reaches a lower
 #   $\mathrm{KL}(p\|q)$ — the MLE model's own criterion — and better samples (in `cpu`:
-#   4,000 steps in 13 s against 250 MLE steps in 69 s). This is the case Lipman et al.
+#   4,000 steps in 12 s against 250 MLE steps in 37 s). This is the case Lipman et al.
 #   {cite}`lipman2023flow` make for simulation-free training of the same model class.
 # * **Regularisation.** The kinetic and Jacobian penalties are meant to keep the
 #   dynamics easy to integrate (the NFE plot, when the models were trained in this run,
 #   and the NFE columns), usually at a cost in likelihood; compare the two MLE rows.
+# * **What each objective asks for.** Maximum likelihood minimises $\mathrm{KL}(p\|q)$
+#   directly: every step solves the ODE from each data point back to the noise and
+#   charges the model wherever it puts too little mass. Flow matching never looks at
+#   the likelihood; it regresses a field whose flow has the right marginals, and the
+#   likelihood improves only because the regression's minimiser is a field that carries
+#   the noise onto the data. That is why an MLE step is worth more than a flow-matching
+#   step, and why it does not matter: the regression's steps are so cheap, and their
+#   gradients so much less noisy (no solver error, no trace estimate), that many of them
+#   win.
 # * **Sampling cost** (the NFE columns) depends on how smooth the learned field is in
 #   $x$ and $t$, which neither plain objective controls directly (RNODE's penalties do,
 #   in part); read the two NFE columns.
 #
 # ## 6. Likelihoods that can be trusted
 #
-# The 2D numbers above are measured against an exact $\log p$. On images there is no
+# The 2D numbers above are measured against an exact $\log p$. Images are different in
+# kind: their pixels take 256 values, so their law is discrete, and a continuous density
+# can put arbitrarily high density on the grid points — a model that did so would report
+# an arbitrarily good "likelihood". The remedy is **dequantisation**: add uniform noise
+# $u \in [0, 1)^D$ to the integer pixels before scaling, and evaluate the continuous
+# density of the jittered image. By Jensen's inequality the expected negative
+# log-density of the jittered data bounds the discrete model's negative log-probability
+# of the pixels from above, so the number means something again
+# {cite}`theis2016note`. On images there is no
 # exact answer, and the bookkeeping decides the number. Chapter 5 measured each common
 # mistake on its diffusion model; here the same code runs on chapter 6's MNIST **flow**,
 # a CNF trained by flow matching: dequantised test digits, Hutchinson's estimator with
