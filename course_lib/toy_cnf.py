@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from course_lib import cnf, recipes, toy_diffusion, toys, train
-from course_lib import data as data_module
 from course_lib.config import Config
 from course_lib.nets import MLP
 
@@ -131,19 +130,9 @@ def train_toy_cnf(
         nfe.append(res.nfe)
         return cnf.regularized_loss(res, r.kinetic_weight, r.jacobian_weight)
 
-    ckpt = data_module.data_root() / "checkpoints" / f"cnf-toy-{toy}-{recipes.key(r)}.pt"
-    with torch.random.fork_rng(devices=[]):
-        result = train.train(
-            model,
-            loss_fn,
-            train.random_batches(x1, batch_size=b.batch_size, generator=g),
-            steps=b.steps,
-            lr=b.lr,
-            ema_decay=b.ema_decay,
-            checkpoint=ckpt,
-            checkpoint_every=max(b.steps // 4, 1),
-            progress=progress,
-            desc=f"CNF (maximum likelihood) on {toy}",
-        )
+    result, ckpt = toy_diffusion.fit(
+        model, loss_fn, x1, b, f"cnf-toy-{toy}-{recipes.key(r)}", g, progress,
+        f"CNF (maximum likelihood) on {toy}",
+    )  # fmt: skip
     assert result.ema is not None
     return ToyCNF(r, result.ema.eval(), x1, result, ckpt, nfe)

@@ -8,6 +8,7 @@ the first one's model in a fraction of a second instead of training its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,19 +96,46 @@ def train_toy_diffusion(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(r.seed)
         model = MLP(dim=2, hidden=r.hidden, depth=r.depth)
-    path = data_module.data_root() / "checkpoints" / f"ddpm-toy-{toy}-{recipes.key(r)}.pt"
+    result, path = fit(
+        model,
+        lambda net, x: ddpm.loss(net, x, schedule, r.parameterization, g),
+        x0,
+        r,
+        f"ddpm-toy-{toy}-{recipes.key(r)}",
+        g,
+        progress,
+        f"DDPM on {toy}",
+    )
+    assert result.ema is not None
+    return ToyDiffusion(r, result.ema.eval(), schedule, x0, result, path)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    data: torch.Tensor,
+    r: ToyRecipe,
+    name: str,
+    generator: torch.Generator,
+    progress: bool,
+    desc: str,
+) -> tuple[train.TrainResult, Path]:
+    """Train (or resume, or load) a 2D model on rows of ``data`` with the recipe's budget
+    (steps, batch size, learning rate, EMA) through the course's one
+    :func:`course_lib.train.train`, checkpointing to ``checkpoints/<name>.pt`` four times
+    per run. Every toy model of the course (DDPM, flows, CNFs) is trained here."""
+    path = data_module.data_root() / "checkpoints" / f"{name}.pt"
     with torch.random.fork_rng(devices=[]):
         result = train.train(
             model,
-            lambda net, x: ddpm.loss(net, x, schedule, r.parameterization, g),
-            train.random_batches(x0, batch_size=r.batch_size, generator=g),
+            loss_fn,
+            train.random_batches(data, batch_size=r.batch_size, generator=generator),
             steps=r.steps,
             lr=r.lr,
             ema_decay=r.ema_decay,
             checkpoint=path,
             checkpoint_every=max(r.steps // 4, 1),
             progress=progress,
-            desc=f"DDPM on {toy}",
+            desc=desc,
         )
-    assert result.ema is not None
-    return ToyDiffusion(r, result.ema.eval(), schedule, x0, result, path)
+    return result, path

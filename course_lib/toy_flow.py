@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from course_lib import couplings, recipes, toy_diffusion, toys, train
-from course_lib import data as data_module
 from course_lib import flow_matching as fm
 from course_lib.config import Config
 from course_lib.nets import MLP
@@ -115,19 +114,8 @@ def train_toy_flow(
             return fm.cfm_loss(net, batch, path, coupling, g)
 
         data = x1
-    ckpt = data_module.data_root() / "checkpoints" / f"{name}.pt"
-    with torch.random.fork_rng(devices=[]):
-        result = train.train(
-            model,
-            loss_fn,
-            train.random_batches(data, batch_size=b.batch_size, generator=g),
-            steps=b.steps,
-            lr=b.lr,
-            ema_decay=b.ema_decay,
-            checkpoint=ckpt,
-            checkpoint_every=max(b.steps // 4, 1),
-            progress=progress,
-            desc=f"flow ({r.coupling}) on {toy}",
-        )
+    result, ckpt = toy_diffusion.fit(
+        model, loss_fn, data, b, name, g, progress, f"flow ({r.coupling}) on {toy}"
+    )
     assert result.ema is not None
     return ToyFlow(r, result.ema.eval(), path, x1, result, ckpt)
