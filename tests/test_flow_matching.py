@@ -44,6 +44,20 @@ def test_path_ends_and_derivatives(name: str) -> None:
         assert float(path.sigma(path.t_max)) < 0.05
 
 
+def _continuity_terms(u, log_p, x: torch.Tensor, t: torch.Tensor, h: float = 1e-5):
+    """``∂_t log p_t`` by central differences and ``∇·u_t + u_t·∇log p_t`` by autograd
+    (written here independently of ``flow_figures.continuity_check``)."""
+    dt_log_p = (log_p(x, t + h) - log_p(x, t - h)) / (2 * h)
+    x_req = x.clone().requires_grad_(True)
+    v = u(x_req, t)
+    div = sum(
+        torch.autograd.grad(v[:, i].sum(), x_req, retain_graph=True)[0][:, i] for i in range(2)
+    )
+    x_req2 = x.clone().requires_grad_(True)
+    score = torch.autograd.grad(log_p(x_req2, t).sum(), x_req2)[0]
+    return dt_log_p, div + (v * score).sum(1), div
+
+
 @pytest.mark.parametrize("name", PATH_NAMES)
 def test_exact_velocity_solves_the_continuity_equation(gm: GaussianMixture, name: str) -> None:
     """``∂_t log p_t + ∇·u_t + u_t·∇log p_t = 0``, i.e. ``∂_t p_t + ∇·(p_t u_t) = 0``."""
@@ -54,16 +68,8 @@ def test_exact_velocity_solves_the_continuity_equation(gm: GaussianMixture, name
     for t_val in (0.2, 0.5, 0.8):
         t = torch.tensor(t_val, dtype=torch.float64)
         x = gm.noised(float(path.alpha(t)), float(path.sigma(t))).sample(64, g).double()
-        h = 1e-5
-        dt_log_p = (log_p(x, t + h) - log_p(x, t - h)) / (2 * h)
-        x_req = x.clone().requires_grad_(True)
-        v = u(x_req, t)
-        div = sum(
-            torch.autograd.grad(v[:, i].sum(), x_req, retain_graph=True)[0][:, i] for i in range(2)
-        )
-        x_req2 = x.clone().requires_grad_(True)
-        score = torch.autograd.grad(log_p(x_req2, t).sum(), x_req2)[0]
-        residual = dt_log_p + div + (v * score).sum(1)
+        dt_log_p, flux, div = _continuity_terms(u, log_p, x, t)
+        residual = dt_log_p + flux
         scale = dt_log_p.abs().max() + div.abs().max()
         # central differences in t at h = 1e-5: truncation ~1e-10, round-off ~1e-11 / h
         assert residual.abs().max() < 1e-6 * scale, (name, t_val, residual.abs().max())
@@ -77,16 +83,8 @@ def test_exact_velocity_is_wrong_for_a_wrong_path(gm: GaussianMixture) -> None:
     log_p = fm.exact_log_prob(gm, cos)
     t = torch.tensor(0.5, dtype=torch.float64)
     x = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    h = 1e-5
-    dt_log_p = (log_p(x, t + h) - log_p(x, t - h)) / (2 * h)
-    x_req = x.clone().requires_grad_(True)
-    v = u(x_req, t)
-    div = sum(
-        torch.autograd.grad(v[:, i].sum(), x_req, retain_graph=True)[0][:, i] for i in range(2)
-    )
-    x2 = x.clone().requires_grad_(True)
-    score = torch.autograd.grad(log_p(x2, t).sum(), x2)[0]
-    assert (dt_log_p + div + (v * score).sum(1)).abs().max() > 1e-2
+    dt_log_p, flux, _ = _continuity_terms(u, log_p, x, t)
+    assert (dt_log_p + flux).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("name", PATH_NAMES)
