@@ -1,0 +1,148 @@
+"""Guidance (chapter 8): conditional scores, classifier guidance and classifier-free
+guidance, with exact answers on a labelled Gaussian mixture.
+
+Bayes' rule for scores at every noise level (Song et al. 2021, §I; Dhariwal & Nichol
+2021, §4):
+
+    ∇ log p_t(x | y) = ∇ log p_t(x) + ∇ log p_t(y | x).
+
+*Classifier guidance* scales the classifier's term, ``∇ log p_t(x) + s ∇ log p_t(y | x)``
+(Dhariwal & Nichol 2021, Algorithm 1); *classifier-free guidance* extrapolates from an
+unconditional to a conditional prediction of the same network (Ho & Salimans 2021,
+eq. 6, the course's ``w``):
+
+    ε̃ = (1 + w) ε(x, c) − w ε(x, ∅),
+
+the same combination for a score, an ``x₀``-prediction or a velocity, since each is an
+affine function of the score at a fixed noise level. Both are the score of the *tilted*
+density ``p_t(x | y)^{1+w} p_t(x)^{-w} ∝ p_t(x) p_t(y | x)^{1+w}`` (with ``s = 1 + w``) —
+at every noise level separately, which is not the same as noising the tilted data
+density: chapter 8 measures the difference exactly on a :class:`LabelledMixture`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from course_lib.gaussian_mixture import GaussianMixture
+
+#: the guidance strength conventions :func:`convert_guidance` knows:
+#: ``"w"`` — Ho & Salimans 2021: ``(1 + w) ε_c − w ε_∅`` (``w = 0``: the conditional model);
+#: ``"scale"`` — ``ε_∅ + s (ε_c − ε_∅) = (1 − s) ε_∅ + s ε_c`` (``s = 1 + w``: the
+#: ``guidance_scale`` of the diffusers library, and the exponent of ``p(x|y)^s p(x)^{1−s}``);
+#: ``"classifier"`` — Dhariwal & Nichol's classifier scale in
+#: ``∇log p(x) + s ∇log p(y|x)``, the same number as ``"scale"`` for an exact classifier.
+CONVENTIONS: tuple[str, ...] = ("w", "scale", "classifier")
+
+
+def convert_guidance(value: float, source: str, target: str) -> float:
+    """Convert a guidance strength between :data:`CONVENTIONS` (``s = 1 + w``)."""
+    for name in (source, target):
+        if name not in CONVENTIONS:
+            raise ValueError(
+                f"Unknown guidance convention {name!r}; valid: {', '.join(CONVENTIONS)}."
+            )
+    w = value if source == "w" else value - 1.0
+    return w if target == "w" else w + 1.0
+
+
+def guided(conditional: torch.Tensor, unconditional: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance in the course's convention: ``(1 + w) c − w u`` for any
+    prediction that is affine in the score (``ε``, ``x₀``, velocity, score)."""
+    return (1 + w) * conditional - w * unconditional
+
+
+def drop_labels(
+    y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Label dropout for classifier-free guidance training: each label of the batch is
+    replaced by ``null_label`` independently with probability ``p_uncond`` (Ho & Salimans
+    2021, Algorithm 1). Per sample, never per batch: dropping the whole batch at once
+    gives the unconditional task whole steps of its own, and the two tasks' gradients
+    no longer share a batch."""
+    if not 0.0 <= p_uncond <= 1.0:
+        raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}")
+    drop = torch.rand(y.shape, generator=generator, device=y.device) < p_uncond
+    return torch.where(drop, torch.full_like(y, null_label), y)
+
+
+@dataclass(frozen=True)
+class LabelledMixture:
+    """A Gaussian mixture whose components carry class labels: ``labels[k]`` is the class
+    of component ``k``, and class ``y`` is the mixture of its components, so that every
+    conditional and unconditional quantity is exact at every noise level."""
+
+    mixture: GaussianMixture
+    labels: torch.Tensor  # (K,) integers in [0, n_classes)
+
+    def __post_init__(self) -> None:
+        labels = torch.as_tensor(self.labels, dtype=torch.long)
+        if labels.shape != (self.mixture.n_components,):
+            raise ValueError(
+                f"labels must have one entry per component ({self.mixture.n_components}), "
+                f"got shape {tuple(labels.shape)}"
+            )
+        if labels.min() < 0 or not set(range(int(labels.max()) + 1)) <= set(labels.tolist()):
+            raise ValueError("labels must be 0, 1, ..., C - 1, each class with a component")
+        object.__setattr__(self, "labels", labels)
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.labels.max()) + 1
+
+    def prior(self) -> torch.Tensor:
+        """``p(y)``, shape ``(C,)``: the total weight of each class's components."""
+        return torch.zeros(self.n_classes, dtype=torch.float64).index_add_(
+            0, self.labels, self.mixture.weights
+        )
+
+    def conditional(self, y: int) -> GaussianMixture:
+        """``p(x | y)``: the components of class ``y`` with their weights renormalised."""
+        keep = self.labels == y
+        m = self.mixture
+        return GaussianMixture(m.weights[keep], m.means[keep], m.covariances[keep])
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples and their class labels."""
+        x, k = self.mixture.sample_with_labels(n, generator)
+        return x, self.labels[k]
+
+    def class_log_prob(self, x_t: torch.Tensor, a: float, s: float) -> torch.Tensor:
+        """``log p_t(y | x_t)`` for every class, shape ``(B, C)``, where ``x_t = a x + s ε``:
+        Bayes' rule on the noised components, ``p_t(y | x_t) = Σ_{k ∈ y} r_k(x_t)``."""
+        r = self.mixture.noised(a, s).responsibilities(x_t.double())  # (B, K)
+        onehot = torch.nn.functional.one_hot(self.labels, self.n_classes).double()
+        return torch.log(r @ onehot)
+
+    def conditional_score(self, x_t: torch.Tensor, a: float, s: float, y: int) -> torch.Tensor:
+        """``∇ log p_t(x_t | y)``: the score of class ``y``'s noised mixture."""
+        return self.conditional(y).noised_score(x_t, a, s)
+
+    def classifier_grad(self, x_t: torch.Tensor, a: float, s: float, y: int) -> torch.Tensor:
+        """``∇ log p_t(y | x_t) = ∇ log p_t(x_t | y) − ∇ log p_t(x_t)`` (Bayes' rule; the
+        prior ``p(y)`` does not depend on ``x``)."""
+        return self.conditional_score(x_t, a, s, y) - self.mixture.noised_score(x_t, a, s)
+
+    def guided_score(self, x_t: torch.Tensor, a: float, s: float, y: int, w: float) -> torch.Tensor:
+        """The exact classifier-free-guided score ``(1 + w) ∇log p_t(x|y) − w ∇log p_t(x)``."""
+        return guided(self.conditional_score(x_t, a, s, y), self.mixture.noised_score(x_t, a, s), w)
+
+    def tilted_log_density(self, x: torch.Tensor, y: int, w: float) -> torch.Tensor:
+        """``log p(x | y)^{1+w} p(x)^{-w}`` *unnormalised*, at the data level: the density
+        guided sampling would reach if guidance tilted the data distribution itself.
+        Normalise it on a grid (:func:`normalise_on_grid`)."""
+        return (1 + w) * self.conditional(y).log_prob(x) - w * self.mixture.log_prob(x)
+
+
+def normalise_on_grid(log_density: torch.Tensor, cell_area: float) -> torch.Tensor:
+    """Turn unnormalised log-densities on a regular grid into log-densities that sum to
+    one over the grid (``Σ exp(log p) · cell_area = 1``)."""
+    return (
+        log_density
+        - torch.logsumexp(log_density.flatten(), 0)
+        - torch.log(torch.tensor(cell_area, dtype=log_density.dtype))
+    )

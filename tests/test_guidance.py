@@ -1,0 +1,128 @@
+"""Guidance on a labelled mixture: Bayes' rule for the noised classifier, classifier
+guidance at s = 1 is the conditional score, CFG's ends, the conventions, label dropout,
+and the tilted density."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.stats import multivariate_normal
+
+from course_lib import guidance, toys
+
+
+@pytest.fixture(scope="module")
+def lm() -> guidance.LabelledMixture:
+    """gaussians8 with two classes of four modes each (alternating around the circle)."""
+    gm = toys.twin("gaussians8")
+    return guidance.LabelledMixture(gm, torch.arange(8) % 2)
+
+
+def test_prior_and_conditionals(lm) -> None:
+    torch.testing.assert_close(lm.prior(), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    c0 = lm.conditional(0)
+    assert c0.n_components == 4
+    torch.testing.assert_close(c0.means, lm.mixture.means[::2])
+    x, y = lm.sample(4000, torch.Generator().manual_seed(0))
+    assert abs(float(y.double().mean()) - 0.5) < 4 * math.sqrt(0.25 / 4000)
+    # each sample carries the label of the component it came from: class 0 sits on the
+    # modes at angles 0, 90, 180, 270 degrees, so its points lie near the axes
+    near_axis = (x[y == 0].abs().min(1).values < 0.5).double().mean()
+    assert float(near_axis) > 0.99
+
+
+def test_noised_classifier_is_bayes_rule(lm) -> None:
+    """``p_t(y | x_t) = p(y) p_t(x_t | y) / p_t(x_t)`` with each density evaluated
+    independently by scipy on the noised components ``N(a μ_k, a² C_k + s² I)``."""
+    a, s = 0.6, 0.8
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    m = lm.mixture
+    comp = (
+        torch.stack(
+            [
+                torch.as_tensor(
+                    multivariate_normal(
+                        (a * m.means[k]).numpy(),
+                        (a**2 * m.covariances[k] + s**2 * torch.eye(2)).numpy(),
+                    ).pdf(x.numpy())
+                )
+                for k in range(m.n_components)
+            ],
+            1,
+        )
+        * m.weights
+    )  # (B, K): w_k N(x; a μ_k, S_k)
+    joint = torch.stack([comp[:, lm.labels == c].sum(1) for c in range(2)], 1)
+    want = torch.log(joint / joint.sum(1, keepdim=True))
+    # scipy's pdf is accurate to ~1e-8 relative (eigendecomposition): compare at 1e-6
+    torch.testing.assert_close(lm.class_log_prob(x, a, s), want, rtol=1e-6, atol=1e-8)
+
+
+def test_classifier_guidance_at_scale_one_is_the_conditional_score(lm) -> None:
+    a, s = 0.7, 0.5
+    x = torch.randn(15, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    grad = torch.autograd.grad(lm.class_log_prob(xr, a, s)[:, 1].sum(), xr)[0]
+    torch.testing.assert_close(grad, lm.classifier_grad(x, a, s, 1))  # autograd = Bayes
+    uncond = lm.mixture.noised_score(x, a, s)
+    torch.testing.assert_close(uncond + 1.0 * grad, lm.conditional_score(x, a, s, 1))
+    # and CFG with w equals classifier guidance with s = 1 + w
+    w = 2.5
+    s_cls = guidance.convert_guidance(w, "w", "classifier")
+    torch.testing.assert_close(lm.guided_score(x, a, s, 1, w), uncond + s_cls * grad)
+
+
+def test_cfg_ends_and_conventions() -> None:
+    c, u = torch.tensor([1.0, 2.0]), torch.tensor([-3.0, 0.5])
+    torch.testing.assert_close(guidance.guided(c, u, 0.0), c)
+    torch.testing.assert_close(guidance.guided(c, u, -1.0), u)
+    for w in (-1.0, 0.0, 0.3, 4.0):
+        for name in guidance.CONVENTIONS:
+            there = guidance.convert_guidance(w, "w", name)
+            assert guidance.convert_guidance(there, name, "w") == pytest.approx(w)
+    assert guidance.convert_guidance(0.0, "w", "scale") == 1.0
+    assert guidance.convert_guidance(7.5, "scale", "w") == 6.5
+    # the "scale" form (1 - s) u + s c is the same prediction as (1 + w) c - w u
+    s = guidance.convert_guidance(2.0, "w", "scale")
+    torch.testing.assert_close((1 - s) * u + s * c, guidance.guided(c, u, 2.0))
+    with pytest.raises(ValueError, match="Unknown guidance convention"):
+        guidance.convert_guidance(1.0, "w", "gamma")
+
+
+def test_label_dropout_is_per_sample() -> None:
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 10, (2000,), generator=g)
+    p = 0.1
+    counts = []
+    for _ in range(20):
+        dropped = guidance.drop_labels(y, p, null_label=10, generator=g)
+        n = int((dropped == 10).sum())
+        counts.append(n)
+        kept = dropped != 10
+        assert torch.equal(dropped[kept], y[kept])  # the others are untouched
+    se = math.sqrt(p * (1 - p) * 2000)
+    for n in counts:  # every batch has about p of its labels dropped, never 0 or all
+        assert abs(n - p * 2000) < 5 * se
+    # over all batches the fraction matches p within its binomial error
+    total = sum(counts) / (20 * 2000)
+    assert abs(total - p) < 4 * math.sqrt(p * (1 - p) / (20 * 2000))
+    with pytest.raises(ValueError, match="p_uncond"):
+        guidance.drop_labels(y, 1.5, 10)
+
+
+def test_tilted_density(lm) -> None:
+    n = 300
+    g = torch.linspace(-3, 3, n, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    area = float((g[1] - g[0]) ** 2)
+    at_zero = guidance.normalise_on_grid(lm.tilted_log_density(grid, 0, 0.0), area)
+    assert float(at_zero.exp().sum() * area) == pytest.approx(1.0)
+    # w = 0 is p(x | y) itself (which puts almost all its mass inside the grid)
+    torch.testing.assert_close(at_zero, lm.conditional(0).log_prob(grid), rtol=0, atol=1e-6)
+    # w > 0 sharpens: less entropy than p(x | y)
+    sharp = guidance.normalise_on_grid(lm.tilted_log_density(grid, 0, 3.0), area)
+    h0 = float(-(at_zero.exp() * at_zero).sum() * area)
+    h3 = float(-(sharp.exp() * sharp).sum() * area)
+    assert h3 < h0
