@@ -22,11 +22,14 @@ density: chapter 8 measures the difference exactly on a :class:`LabelledMixture`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from course_lib.flow_matching import AffinePath
 from course_lib.gaussian_mixture import GaussianMixture
+from course_lib.schedules import DiscreteSchedule
 
 #: the guidance strength conventions :func:`convert_guidance` knows:
 #: ``"w"`` — Ho & Salimans 2021: ``(1 + w) ε_c − w ε_∅`` (``w = 0``: the conditional model);
@@ -52,6 +55,30 @@ def guided(conditional: torch.Tensor, unconditional: torch.Tensor, w: float) -> 
     """Classifier-free guidance in the course's convention: ``(1 + w) c − w u`` for any
     prediction that is affine in the score (``ε``, ``x₀``, velocity, score)."""
     return (1 + w) * conditional - w * unconditional
+
+
+ConditionalModel = Callable[..., torch.Tensor]  # model(x, t, y) -> prediction
+
+
+def guided_model(
+    model: ConditionalModel, y: torch.Tensor | int, w: float, null_label: int
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A conditional network ``model(x, t, y)`` (ε, ``x₀`` or velocity) as the guided
+    ``(x, t) -> (1 + w) model(x, t, y) − w model(x, t, ∅)`` that every sampler of the course
+    accepts. The conditional and unconditional passes run as one batch of ``2B``; ``w = 0``
+    skips the unconditional pass."""
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        labels = torch.as_tensor(y, device=x.device).long().expand(b)
+        t_b = torch.as_tensor(t, device=x.device).expand(b)
+        if w == 0:
+            return model(x, t_b, labels)
+        null = torch.full_like(labels, null_label)
+        both = model(torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([labels, null]))
+        return guided(both[:b], both[b:], w)
+
+    return predict
 
 
 def drop_labels(
@@ -136,6 +163,33 @@ class LabelledMixture:
         guided sampling would reach if guidance tilted the data distribution itself.
         Normalise it on a grid (:func:`normalise_on_grid`)."""
         return (1 + w) * self.conditional(y).log_prob(x) - w * self.mixture.log_prob(x)
+
+
+def exact_guided_eps(
+    lm: LabelledMixture, schedule: DiscreteSchedule, y: int, w: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The exact guided noise predictor of chapter 3's chain, ``model(x_t, t / T)``:
+    ``ε̃ = (1 + w) ε*(x_t | y) − w ε*(x_t)`` with ``ε* = −√(1 − ᾱ_t) ∇log p_t``
+    (:func:`course_lib.ddpm.exact_model` of the class and of the whole mixture)."""
+    from course_lib import ddpm
+
+    cond, uncond = (
+        ddpm.exact_model(lm.conditional(y), schedule),
+        ddpm.exact_model(lm.mixture, schedule),
+    )
+    return lambda x, t: guided(cond(x, t), uncond(x, t), w)
+
+
+def exact_guided_velocity(
+    lm: LabelledMixture, path: AffinePath, y: int, w: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The exact guided velocity of a flow on ``path`` (chapter 6):
+    ``(1 + w) u_t(x | y) − w u_t(x)``."""
+    from course_lib import flow_matching as fm
+
+    cond = fm.exact_velocity(lm.conditional(y), path)
+    uncond = fm.exact_velocity(lm.mixture, path)
+    return lambda x, t: guided(cond(x, t), uncond(x, t), w)
 
 
 def normalise_on_grid(log_density: torch.Tensor, cell_area: float) -> torch.Tensor:

@@ -74,6 +74,9 @@ class MLP(nn.Module):
         depth: number of residual blocks.
         time_scale: see :class:`TimeEmbedding`.
         out_dim: output dimension (default ``dim``).
+        num_classes: if set, a label embedding is added to the time embedding; label
+            ``num_classes`` is the "null" class of classifier-free guidance (used when
+            ``y`` is None), as in :class:`course_lib.unet.UNet`.
     """
 
     def __init__(
@@ -83,15 +86,20 @@ class MLP(nn.Module):
         depth: int = 3,
         time_scale: float = 1000.0,
         out_dim: int | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        self.dim = dim
+        self.dim, self.num_classes = dim, num_classes
         self.embed = TimeEmbedding(hidden, scale=time_scale)
+        # one extra row: label ``num_classes`` is the null label
+        self.label_embed = None if num_classes is None else nn.Embedding(num_classes + 1, hidden)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_ResBlock(hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, out_dim or dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
         if t.ndim == 0:
@@ -99,6 +107,12 @@ class MLP(nn.Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
         emb = self.embed(t)  # (B, hidden)
+        if self.label_embed is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            emb = emb + self.label_embed(y).to(emb.dtype)
+        elif y is not None:
+            raise ValueError("y was given but the MLP was built without num_classes")
         h = self.inp(x) + emb
         for block in self.blocks:
             h = block(h, emb)
