@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -112,15 +113,16 @@ def train_toy_diffusion(
 
 def fit(
     model: nn.Module,
-    loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-    data: torch.Tensor,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    data: torch.Tensor | tuple[torch.Tensor, ...],
     r: ToyRecipe,
     name: str,
     generator: torch.Generator,
     progress: bool,
     desc: str,
 ) -> tuple[train.TrainResult, Path]:
-    """Train (or resume, or load) a 2D model on rows of ``data`` with the recipe's budget
+    """Train (or resume, or load) a 2D model on rows of ``data`` (a tensor, or a tuple of
+    tensors whose rows belong together, such as points and labels) with the recipe's budget
     (steps, batch size, learning rate, EMA) through the course's one
     :func:`course_lib.train.train`, checkpointing to ``checkpoints/<name>.pt`` four times
     per run. Every toy model of the course (DDPM, flows, CNFs) is trained here."""
@@ -129,7 +131,11 @@ def fit(
         result = train.train(
             model,
             loss_fn,
-            train.random_batches(data, batch_size=r.batch_size, generator=generator),
+            train.random_batches(
+                *(data if isinstance(data, tuple) else (data,)),
+                batch_size=r.batch_size,
+                generator=generator,
+            ),
             steps=r.steps,
             lr=r.lr,
             ema_decay=r.ema_decay,

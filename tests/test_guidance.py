@@ -192,3 +192,38 @@ def test_guided_flow_at_w_zero_samples_the_class(lm) -> None:
     x_u = fm.sample(guidance.exact_guided_velocity(lm, path, 1, -1.0), z, 100, "rk4").x
     frac = float((lm.class_log_prob(x_u, 1.0, 0.0).argmax(1) == 1).double().mean())
     assert abs(frac - 0.5) < 4 * math.sqrt(0.25 / 400)
+
+
+@pytest.mark.parametrize("objective", ["flow", "ddpm"])
+def test_trained_conditional_model_follows_its_labels(tmp_path, monkeypatch, objective) -> None:
+    """Trained with label dropout, the network is a conditional model (w = 0: samples in
+    the right class) and an unconditional one (w = −1, the null label: both classes),
+    and guidance (w = 3) keeps or raises the fraction in the right class. Measured with
+    this seed: flow 0.53 / 0.97 / 1.00, ddpm 0.49 / 0.90 / 1.00 for w = −1 / 0 / 3."""
+    from course_lib import config, ddim, toy_guidance
+    from course_lib import flow_matching as fm
+
+    monkeypatch.setenv("COURSE_DATA", str(tmp_path))
+    cfg = config.get_config("smoke")
+    r = toy_guidance.recipe(cfg, objective=objective, steps=800, hidden=64, n_points=4000)
+    m = toy_guidance.train_conditional(cfg, "gaussians8", r, progress=False)
+    lm = m.twin
+    z = torch.randn(1000, 2, generator=torch.Generator().manual_seed(7))
+
+    def draw(w: float) -> torch.Tensor:
+        f = m.guided(1, w)
+        if objective == "flow":
+            return fm.sample(f, z, 50, "heun").x
+        return ddim.ddim_sample(f, z, m.schedule, 50).x
+
+    def right(x: torch.Tensor) -> float:
+        return float((lm.class_log_prob(x.double(), 1.0, 0.0).argmax(1) == 1).double().mean())
+
+    cond, uncond, strong = right(draw(0.0)), right(draw(-1.0)), right(draw(3.0))
+    assert cond > 0.8, cond
+    assert abs(uncond - 0.5) < 0.15, uncond
+    assert strong >= cond - 0.02, (strong, cond)
+    again = toy_guidance.train_conditional(cfg, "gaussians8", r, progress=False)
+    assert again.result.resumed_at == r.base.steps
+    with pytest.raises(ValueError, match="p_uncond"):
+        toy_guidance.recipe(cfg, p_uncond=0.0)
