@@ -227,3 +227,30 @@ def test_trained_conditional_model_follows_its_labels(tmp_path, monkeypatch, obj
     assert again.result.resumed_at == r.base.steps
     with pytest.raises(ValueError, match="p_uncond"):
         toy_guidance.recipe(cfg, p_uncond=0.0)
+
+
+def test_guidance_study_on_the_exact_flow(lm) -> None:
+    """With the exact guided flow: at w = 0 the tilted density is p(x|y) (the two KLs
+    agree) and the samples are in class; at w = −1 the samples follow p(x) (about half in
+    class, and close to the tilted density, which is p(x)); as w grows the entropy falls.
+    For well-separated classes the tilted *data* density barely differs from p(x|y), yet
+    the guided ODE sharpens its samples: it does not sample the tilted density (measured
+    KL to it 0.02 / 0.32 / 1.26 at w = 0 / 1 / 3, 2000 samples)."""
+    from course_lib import flow_matching as fm
+    from course_lib import guidance_figures as gf
+
+    path = fm.linear_path()
+    z = torch.randn(1000, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+
+    def draw(w: float) -> torch.Tensor:
+        return fm.sample(guidance.exact_guided_velocity(lm, path, 1, w), z, 50, "rk4").x
+
+    rows = gf.guidance_study(lm, 1, draw, [-1.0, 0.0, 1.0, 3.0])
+    by_w = {r.w: r for r in rows}
+    assert by_w[0.0].kl_tilted == pytest.approx(by_w[0.0].kl_conditional, abs=1e-3)
+    assert by_w[0.0].in_class > 0.99 and by_w[0.0].kl_conditional < 0.15
+    assert abs(by_w[-1.0].in_class - 0.5) < 4 * math.sqrt(0.25 / 1000)
+    assert by_w[-1.0].kl_tilted < 0.15 and by_w[-1.0].kl_conditional > 5
+    assert by_w[0.0].entropy > by_w[1.0].entropy > by_w[3.0].entropy
+    assert by_w[3.0].kl_tilted > by_w[0.0].kl_tilted + 0.5  # guidance overshoots the tilt
+    assert "KL to tilted" in gf.format_guidance_rows(rows)
