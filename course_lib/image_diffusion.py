@@ -171,10 +171,12 @@ def recipe(cfg: Config, dataset: str = "mnist", **overrides: object) -> ImageRec
     return recipes.override(RECIPES[(dataset, cfg.profile)], **overrides)
 
 
-def make_unet(r: ImageRecipe, channels: int) -> UNet:
-    """The recipe's U-Net for images with ``channels`` channels."""
+def make_unet(r: ImageRecipe, channels: int, num_classes: int | None = None) -> UNet:
+    """The recipe's U-Net for images with ``channels`` channels (label-conditioned, with a
+    null label, when ``num_classes`` is given)."""
     return UNet(
         channels,
+        num_classes=num_classes,
         base_channels=r.base_channels,
         channel_mults=r.channel_mults,
         num_res_blocks=r.num_res_blocks,
@@ -223,6 +225,10 @@ def checkpoint_path(r: ImageRecipe, cfg: Config, kind: str = "ddpm") -> Path:
 
 
 ImageLoss = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
+# a class-conditional model's loss also gets the batch's labels: loss(net, x, y, generator)
+ConditionalImageLoss = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor
+]
 
 
 @dataclass
@@ -240,40 +246,53 @@ class TrainedImageModel:
 def train_image_model(
     cfg: Config,
     r: ImageRecipe,
-    loss: ImageLoss,
+    loss: ImageLoss | ConditionalImageLoss,
     kind: str,
     compile: bool = False,
     progress: bool = True,
     checkpoint_every: int = 250,
+    num_classes: int | None = None,
 ) -> TrainedImageModel:
     """Train (or resume, or load) the recipe's U-Net on its data set with ``loss(net, x,
     generator)``: the set-up every image model of the course shares (a fixed subset of
     the training split on the device, seeded weights, flips for CIFAR-10, channels-last
-    and bf16 autocast on CUDA, EMA and atomic checkpoints named ``kind``-...)."""
+    and bf16 autocast on CUDA, EMA and atomic checkpoints named ``kind``-...).
+
+    With ``num_classes`` the U-Net takes labels (and a null label, :class:`~course_lib.
+    unet.UNet`), batches carry each image's label, and the loss is ``loss(net, x, y,
+    generator)`` (chapter 8: label dropout happens inside it)."""
     ds = data_module.load(r.dataset, split=cfg.train_split)
     if r.n_images is not None and r.n_images < len(ds):
         ds = ds.subset(r.n_images, torch.Generator().manual_seed(r.seed))
     images = ds.to_float().to(cfg.device)
     labels = ds.labels.to(cfg.device)
+    if num_classes is not None and int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"{r.dataset} has labels up to {int(labels.max())}, more than num_classes = "
+            f"{num_classes}"
+        )
     with torch.random.fork_rng(devices=[]):  # the chapter's own random stream is untouched
         torch.manual_seed(r.seed)
-        model = make_unet(r, images.shape[1]).to(cfg.device)
+        model = make_unet(r, images.shape[1], num_classes).to(cfg.device)
     channels_last = cfg.device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # batch indices are drawn on the CPU; the noise and flips on the images' device
     batches = train.random_batches(
-        images, batch_size=r.batch_size, generator=torch.Generator().manual_seed(r.seed)
+        *((images, labels) if num_classes else (images,)),
+        batch_size=r.batch_size,
+        generator=torch.Generator().manual_seed(r.seed),
     )
     generator = torch.Generator(device=cfg.device).manual_seed(r.seed + 1)
 
-    def loss_fn(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def loss_fn(net: nn.Module, batch: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x, y = batch if isinstance(batch, tuple) else (batch, None)
         if r.flip:
             flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return loss(net, x, generator)
+        return loss(net, x, generator) if y is None else loss(net, x, y, generator)
 
     path = checkpoint_path(r, cfg, kind)
     with torch.random.fork_rng(devices=[]):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from course_lib import flow_matching as fm
-from course_lib import image_diffusion, train
+from course_lib import guidance, image_diffusion, train
 from course_lib.config import Config
 from course_lib.image_diffusion import ImageRecipe
 
@@ -33,6 +33,7 @@ class ImageFlow:
     labels: torch.Tensor
     result: train.TrainResult
     checkpoint: Path
+    num_classes: int | None = None  # set for a class-conditional flow (chapter 8)
 
     @property
     def resumed_at(self) -> int:
@@ -40,9 +41,23 @@ class ImageFlow:
         return self.result.resumed_at
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``v_θ(x, t)`` for ``t`` a scalar or ``(B,)``."""
+        """``v_θ(x, t)`` for ``t`` a scalar or ``(B,)`` (a conditional flow: with the null
+        label, i.e. the unconditional velocity)."""
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         return self.model(x, t.to(x.dtype))
+
+    def guided(self, y: int | torch.Tensor, w: float) -> fm.Velocity:
+        """The classifier-free-guided velocity ``(1 + w) v(x, t, y) − w v(x, t, ∅)`` of a
+        class-conditional flow (:func:`course_lib.guidance.guided_model`)."""
+        if self.num_classes is None:
+            raise ValueError(
+                "guided() needs a class-conditional flow: train_conditional_image_flow"
+            )
+
+        def net(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return self.model(x, t.to(x.dtype), labels)
+
+        return guidance.guided_model(net, y, w, self.num_classes)
 
 
 def train_image_flow(
@@ -74,3 +89,38 @@ def train_image_flow(
     return ImageFlow(
         r, trained.model, p, trained.images, trained.labels, trained.result, trained.checkpoint
     )
+
+
+def train_conditional_image_flow(
+    cfg: Config,
+    dataset: str = "mnist",
+    r: ImageRecipe | None = None,
+    p_uncond: float = 0.2,
+    compile: bool = False,
+    progress: bool = True,
+    checkpoint_every: int = 250,
+) -> ImageFlow:
+    """A class-conditional flow on the linear path for classifier-free guidance (chapter 8):
+    chapter 3's recipe and set-up, the U-Net with a label embedding and a null label, and
+    the CFM loss with each label dropped to the null label with probability ``p_uncond``
+    (:func:`course_lib.guidance.drop_labels`, per sample; Ho & Salimans 2021)."""
+    r = r or image_diffusion.recipe(cfg, dataset)
+    if r.dataset != dataset:
+        raise ValueError(f"recipe is for {r.dataset!r}, not {dataset!r}")
+    if not 0.0 < p_uncond < 1.0:
+        raise ValueError(f"p_uncond must lie strictly between 0 and 1, got {p_uncond}")
+    n_classes = 10  # MNIST, Fashion-MNIST and CIFAR-10 all have ten classes
+    p = fm.linear_path()
+
+    def loss(net: nn.Module, x1: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        labels = guidance.drop_labels(y, p_uncond, n_classes, g)
+        return fm.cfm_loss(lambda xt, t: net(xt, t, labels), x1, p, None, g)
+
+    trained = image_diffusion.train_image_model(
+        cfg, r, loss, f"flow-linear-cond{p_uncond:g}", compile=compile, progress=progress,
+        checkpoint_every=checkpoint_every, num_classes=n_classes,
+    )  # fmt: skip
+    return ImageFlow(
+        r, trained.model, p, trained.images, trained.labels, trained.result,
+        trained.checkpoint, n_classes,
+    )  # fmt: skip

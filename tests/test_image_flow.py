@@ -44,3 +44,28 @@ def test_image_flow_trains_beside_the_diffusion_model_and_reloads(data_root):
     assert ddpm.checkpoint != flow.checkpoint and ddpm.checkpoint.exists()
     with pytest.raises(ValueError, match="Unknown path"):
         image_flow.train_image_flow(cfg, "mnist", path="bent", progress=False)
+
+
+@pytest.mark.skipif(
+    not (Path(os.environ.get("COURSE_DATA", "data")) / "mnist").is_dir(),
+    reason="MNIST files not found (see data/README.md)",
+)
+def test_conditional_image_flow_takes_labels_and_guides(data_root):
+    """The conditional U-Net sees its labels (predictions differ by label), the null label
+    is its unconditional branch, and the guided velocity is (1 + w) v_y − w v_∅."""
+    cfg = config.get_config("smoke")
+    flow = image_flow.train_conditional_image_flow(cfg, "mnist", progress=False)
+    assert flow.num_classes == 10 and "cond0.2" in flow.checkpoint.name
+    assert flow.checkpoint != image_flow.train_image_flow(cfg, "mnist", progress=False).checkpoint
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    t = torch.full((3,), 0.5)
+    with torch.no_grad():
+        v = {y: flow.model(x, t, torch.full((3,), y)) for y in (0, 7, 10)}
+        assert not torch.allclose(v[0], v[7])
+        torch.testing.assert_close(flow.velocity(x, t), v[10])  # no label = the null label
+        torch.testing.assert_close(flow.guided(7, 2.0)(x, t), 3 * v[7] - 2 * v[10])
+        assert fm.sample(flow.guided(3, 1.0), x, 2, "euler").x.shape == x.shape
+    with pytest.raises(ValueError, match="p_uncond"):
+        image_flow.train_conditional_image_flow(cfg, "mnist", p_uncond=1.0, progress=False)
+    with pytest.raises(ValueError, match="class-conditional"):
+        image_flow.train_image_flow(cfg, "mnist", progress=False).guided(1, 1.0)
