@@ -81,6 +81,33 @@ def guided_model(
     return predict
 
 
+def classifier_guided_eps(
+    eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    log_classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: DiscreteSchedule,
+    y: int,
+    s: float,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Classifier guidance for a noise predictor (Dhariwal & Nichol 2021, §4.2, eq. 14):
+    ``ε̃(x_t) = ε(x_t) − s √(1 − ᾱ_t) ∇ log p_φ(y | x_t)``, i.e. the score
+    ``∇log p_t(x) + s ∇log p_φ(y | x_t)`` written as a noise prediction. ``log_classifier(x_t,
+    t / T)`` returns ``log p_φ(· | x_t)`` of shape ``(B, C)``; its gradient is taken by
+    autograd. Both models take chapter 3's ``t / T``."""
+
+    def predict(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        tau_b = torch.as_tensor(tau, device=x.device).expand(x.shape[0])
+        idx = torch.round(tau_b.double().cpu() * schedule.train_T).long()
+        noise_scale = schedule.sigma[torch.searchsorted(schedule.timesteps, idx)]  # √(1 − ᾱ_t)
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            log_p = log_classifier(xr, tau_b)[:, y].sum()
+            (grad,) = torch.autograd.grad(log_p, xr)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return eps_model(x, tau_b) - s * noise_scale.to(x).reshape(shape) * grad.detach()
+
+    return predict
+
+
 def drop_labels(
     y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -178,6 +205,24 @@ def exact_guided_eps(
         ddpm.exact_model(lm.mixture, schedule),
     )
     return lambda x, t: guided(cond(x, t), uncond(x, t), w)
+
+
+def exact_log_classifier(
+    lm: LabelledMixture, schedule: DiscreteSchedule
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The Bayes-optimal noise-aware classifier of chapter 3's chain: ``(x_t, t / T) ->
+    log p_t(y | x_t)`` for all classes, ``(B, C)``, one noise level per batch."""
+
+    def log_classifier(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        tau_b = torch.as_tensor(tau).expand(x.shape[0]).double().cpu()
+        idx = torch.round(tau_b * schedule.train_T).long()
+        if not (idx == idx[0]).all():
+            raise ValueError("exact_log_classifier takes one noise level per batch")
+        k = int(torch.searchsorted(schedule.timesteps, idx[:1]))
+        a, s = float(schedule.sqrt_alpha_bar[k]), float(schedule.sigma[k])
+        return lm.class_log_prob(x, a, s).to(x.dtype)
+
+    return log_classifier
 
 
 def exact_guided_velocity(

@@ -122,3 +122,38 @@ def train_conditional(
     )
     assert result.ema is not None
     return ConditionalToy(r, result.ema.eval(), lm, schedule, result, ckpt)
+
+
+def train_noisy_classifier(
+    cfg: Config,
+    toy: str = "gaussians8",
+    n_classes: int = 2,
+    progress: bool = True,
+    **overrides: object,
+) -> tuple[nn.Module, schedules.DiscreteSchedule, train.TrainResult]:
+    """A noise-aware classifier for classifier guidance (Dhariwal & Nichol 2021, §4.1):
+    chapter 3's MLP with ``n_classes`` outputs (logits) and its time input, trained with
+    the cross-entropy of ``y`` given ``x_t = √ᾱ_t x + √(1 − ᾱ_t) ε`` at uniformly drawn steps
+    of chapter 3's schedule. Returns the EMA network ``(x_t, t / T) -> logits``, the
+    schedule and the training result."""
+    b = toy_diffusion.recipe(cfg, toy, **overrides)
+    lm = labelled_twin(toy, n_classes)
+    schedule = schedules.by_name(b.schedule, b.T)
+    g = torch.Generator().manual_seed(b.seed)
+    x, y = lm.sample(b.n_points, g)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(b.seed)
+        model = MLP(dim=2, hidden=b.hidden, depth=b.depth, out_dim=n_classes)
+
+    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        xb, yb = batch
+        t = torch.randint(1, schedule.T + 1, (xb.shape[0],), generator=g)
+        xt = ddpm.q_sample(xb, t, schedule, torch.randn(xb.shape, generator=g))
+        return nn.functional.cross_entropy(net(xt, t.float() / schedule.T), yb)
+
+    name = f"classifier-toy-{toy}-{n_classes}-{recipes.key(b)}"
+    result, _ = toy_diffusion.fit(
+        model, loss_fn, (x, y), b, name, g, progress, f"noisy classifier on {toy}"
+    )
+    assert result.ema is not None
+    return result.ema.eval(), schedule, result
