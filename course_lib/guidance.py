@@ -81,6 +81,19 @@ def guided_model(
     return predict
 
 
+def _step_index(schedule: DiscreteSchedule, tau: torch.Tensor) -> torch.Tensor:
+    """The index in ``schedule`` of chapter 3's time input ``t / T`` (``t ≥ 1`` a step of the
+    schedule, full or respaced), with a clear error otherwise."""
+    t = torch.round(tau.detach().double().cpu() * schedule.train_T).long()
+    k = torch.searchsorted(schedule.timesteps, t).clamp_max(schedule.T)
+    if not torch.equal(schedule.timesteps[k], t) or (k < 1).any():
+        raise ValueError(
+            "a time t / T does not fall on a step t >= 1 of the schedule: "
+            f"{t.unique()[:5].tolist()}"
+        )
+    return k
+
+
 def classifier_guided_eps(
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     log_classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -96,8 +109,8 @@ def classifier_guided_eps(
 
     def predict(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         tau_b = torch.as_tensor(tau, device=x.device).expand(x.shape[0])
-        idx = torch.round(tau_b.double().cpu() * schedule.train_T).long()
-        noise_scale = schedule.sigma[torch.searchsorted(schedule.timesteps, idx)]  # √(1 − ᾱ_t)
+        k = _step_index(schedule, tau_b)
+        noise_scale = schedule.sigma[k]  # √(1 − ᾱ_t), chapter 3's noise scale of x_t
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
             log_p = log_classifier(xr, tau_b)[:, y].sum()
@@ -214,12 +227,10 @@ def exact_log_classifier(
     log p_t(y | x_t)`` for all classes, ``(B, C)``, one noise level per batch."""
 
     def log_classifier(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        tau_b = torch.as_tensor(tau).expand(x.shape[0]).double().cpu()
-        idx = torch.round(tau_b * schedule.train_T).long()
-        if not (idx == idx[0]).all():
+        k = _step_index(schedule, torch.as_tensor(tau).expand(x.shape[0]))
+        if not (k == k[0]).all():
             raise ValueError("exact_log_classifier takes one noise level per batch")
-        k = int(torch.searchsorted(schedule.timesteps, idx[:1]))
-        a, s = float(schedule.sqrt_alpha_bar[k]), float(schedule.sigma[k])
+        a, s = float(schedule.sqrt_alpha_bar[k[0]]), float(schedule.sigma[k[0]])
         return lm.class_log_prob(x, a, s).to(x.dtype)
 
     return log_classifier

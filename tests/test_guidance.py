@@ -335,3 +335,14 @@ def test_inverse_problem_score_identity(lm) -> None:
         (grad,) = torch.autograd.grad(ll.sum(), xr)
         want = post.noised_score(x, a, s)
         torch.testing.assert_close(gm.noised_score(x, a, s) + grad, want, rtol=1e-6, atol=1e-8)
+
+
+def test_classifier_guidance_rejects_a_time_off_the_schedule(lm) -> None:
+    from course_lib import ddpm, schedules
+
+    sched = schedules.linear_schedule(1000)
+    f = guidance.classifier_guided_eps(
+        ddpm.exact_model(lm.mixture, sched), guidance.exact_log_classifier(lm, sched), sched, 0, 1.0
+    )
+    with pytest.raises(ValueError, match="step t >= 1"):
+        f(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2))
