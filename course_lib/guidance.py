@@ -8,7 +8,7 @@ Bayes' rule for scores at every noise level (Song et al. 2021, §I; Dhariwal & N
 
 *Classifier guidance* scales the classifier's term, ``∇ log p_t(x) + s ∇ log p_t(y | x)``
 (Dhariwal & Nichol 2021, Algorithm 1); *classifier-free guidance* extrapolates from an
-unconditional to a conditional prediction of the same network (Ho & Salimans 2021,
+unconditional to a conditional prediction of the same network (Ho & Salimans 2022,
 eq. 6, the course's ``w``):
 
     ε̃ = (1 + w) ε(x, c) − w ε(x, ∅),
@@ -32,7 +32,7 @@ from course_lib.gaussian_mixture import GaussianMixture
 from course_lib.schedules import DiscreteSchedule
 
 #: the guidance strength conventions :func:`convert_guidance` knows:
-#: ``"w"`` — Ho & Salimans 2021: ``(1 + w) ε_c − w ε_∅`` (``w = 0``: the conditional model);
+#: ``"w"`` — Ho & Salimans 2022: ``(1 + w) ε_c − w ε_∅`` (``w = 0``: the conditional model);
 #: ``"scale"`` — ``ε_∅ + s (ε_c − ε_∅) = (1 − s) ε_∅ + s ε_c`` (``s = 1 + w``: the
 #: ``guidance_scale`` of the diffusers library, and the exponent of ``p(x|y)^s p(x)^{1−s}``);
 #: ``"classifier"`` — Dhariwal & Nichol's classifier scale in
@@ -101,7 +101,7 @@ def classifier_guided_eps(
     y: int,
     s: float,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Classifier guidance for a noise predictor (Dhariwal & Nichol 2021, §4.2, eq. 14):
+    """Classifier guidance for a noise predictor (Dhariwal & Nichol 2021, §4):
     ``ε̃(x_t) = ε(x_t) − s √(1 − ᾱ_t) ∇ log p_φ(y | x_t)``, i.e. the score
     ``∇log p_t(x) + s ∇log p_φ(y | x_t)`` written as a noise prediction. ``log_classifier(x_t,
     t / T)`` returns ``log p_φ(· | x_t)`` of shape ``(B, C)``; its gradient is taken by
@@ -319,13 +319,13 @@ def inpaint_flow(
     n_steps: int = 50,
 ) -> torch.Tensor:
     """Inpainting with an unconditional flow by *replacement* (the flow version of the
-    trick RePaint and SDEdit use for diffusion models): Euler steps of ``velocity`` from
-    ``z`` at ``t = 0``, and after each step the observed entries (``mask`` true) are
-    overwritten by the conditional path of the observation itself,
+    imputation trick of Song et al. 2021, App. I.2, also used by RePaint): Euler steps of
+    ``velocity`` from ``z`` at ``t = 0``, and after each step the observed entries (``mask``
+    true) are overwritten by the conditional path of the observation itself,
     ``x_t = α_t x_obs + σ_t z``, with the same noise ``z``. Cheap and gradient-free, but an
-    approximation: the unobserved entries never feel ``∇ log p_t(y | x_t)``, only the
-    replaced neighbours; :func:`noised_observation_log_likelihood` gives the exact term
-    on a mixture to compare with."""
+    approximation: the unobserved entries are conditioned on the noisy observed entries
+    ``α_t x_obs + σ_t z``, not on ``x_obs``, and never feel ``∇ log p_t(y | x_t)``;
+    :func:`noised_observation_log_likelihood` gives the exact term on a mixture."""
     mask = mask.to(torch.bool).expand_as(z)
     grid = torch.linspace(0.0, path.t_max, n_steps + 1, dtype=torch.float64)
     observed = observed.expand_as(z).to(z.dtype)

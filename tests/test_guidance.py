@@ -282,7 +282,7 @@ def test_noisy_classifier_nears_the_bayes_classifier(tmp_path, monkeypatch) -> N
     monkeypatch.setenv("COURSE_DATA", str(tmp_path))
     cfg = config.get_config("smoke")
     net, sched, _ = toy_guidance.train_noisy_classifier(
-        cfg, steps=600, hidden=64, n_points=4000, progress=False
+        cfg, steps=800, hidden=64, n_points=4000, lr=1e-3, progress=False
     )
     lm = toy_guidance.labelled_twin("gaussians8", 2)
     exact = guidance.exact_log_classifier(lm, sched)
