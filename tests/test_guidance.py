@@ -369,3 +369,17 @@ def test_inpainting_by_replacement(lm) -> None:
     assert float(x[:, 1].abs().mean()) == pytest.approx(
         float(post.sample(4000, torch.Generator().manual_seed(15))[:, 1].abs().mean()), abs=0.3
     )
+
+
+def test_exercise_messages_name_the_mistake() -> None:
+    """The tailored messages of exercise 8.1 fire (the check looks at w = 3 first)."""
+    from course_lib.exercises import ch08
+
+    def scale_form(c, u, w):
+        return w * c + (1 - w) * u
+
+    def swapped(c, u, w):
+        return (1 + w) * u - w * c
+
+    assert "other convention" in ch08.check_cfg_combine.run(scale_form).message
+    assert "swapped" in ch08.check_cfg_combine.run(swapped).message
