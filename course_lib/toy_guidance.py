@@ -37,7 +37,7 @@ def labelled_twin(toy: str = "gaussians8", n_classes: int = 2) -> guidance.Label
 class GuidanceRecipe:
     """A conditional toy model: chapter 3's network and budget (``base``), the objective
     (flow matching on the linear path, or chapter 3's ε-loss), the number of classes and
-    the label-dropout probability ``p_uncond`` (Ho & Salimans 2021 use 0.1–0.2)."""
+    the label-dropout probability ``p_uncond`` (Ho & Salimans 2022 use 0.1–0.2)."""
 
     base: toy_diffusion.ToyRecipe
     objective: str = "flow"

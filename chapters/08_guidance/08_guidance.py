@@ -778,7 +778,7 @@ for w, acc, fid in mnist_rows:
     )
 print(f"{'MNIST inpainting (top half), class kept':<{w_}} {kept:.2f} ({n_inp} digits)")
 print(
-    f"{'published: Ho & Salimans 2021, ImageNet 64, FID / IS':<{w_}} w = 0: 1.8 / 53.7; 0.1: 1.55 / 66.1; 0.3: 3.03 / 92.8; 1: 12.6 / 170.1; 4: 26.22 / 260.2 (p_uncond = 0.1)"
+    f"{'published: Ho & Salimans 2022, ImageNet 64, FID / IS':<{w_}} w = 0: 1.8 / 53.7; 0.1: 1.55 / 66.1; 0.3: 3.03 / 92.8; 1: 12.6 / 170.1; 4: 26.22 / 260.2 (p_uncond = 0.1)"
 )
 print(
     f"{'published: Dhariwal & Nichol 2021, ImageNet 256':<{w_}} conditional model, classifier scale 1.0: FID 10.94 -> 4.59 (IS 186.7); scale 10: 9.11"
