@@ -103,7 +103,7 @@ def train_conditional_image_flow(
     """A class-conditional flow on the linear path for classifier-free guidance (chapter 8):
     chapter 3's recipe and set-up, the U-Net with a label embedding and a null label, and
     the CFM loss with each label dropped to the null label with probability ``p_uncond``
-    (:func:`course_lib.guidance.drop_labels`, per sample; Ho & Salimans 2021)."""
+    (:func:`course_lib.guidance.drop_labels`, per sample; Ho & Salimans 2022)."""
     r = r or image_diffusion.recipe(cfg, dataset)
     if r.dataset != dataset:
         raise ValueError(f"recipe is for {r.dataset!r}, not {dataset!r}")

@@ -24,7 +24,7 @@ def _wrong_cfg_combine(eps_cond, eps_uncond, w):
 )
 def check_cfg_combine(fn) -> str:
     """``fn(eps_cond, eps_uncond, w)`` returns the classifier-free-guided prediction in
-    the course's convention (Ho & Salimans 2021): ``(1 + w) ε_c − w ε_∅``."""
+    the course's convention (Ho & Salimans 2022): ``(1 + w) ε_c − w ε_∅``."""
     gen = torch.Generator().manual_seed(0)
     c = torch.randn(8, 2, generator=gen, dtype=torch.float64)
     u = torch.randn(8, 2, generator=gen, dtype=torch.float64)
