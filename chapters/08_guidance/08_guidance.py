@@ -268,7 +268,7 @@ def in_class(x):
     return float((lm.class_log_prob(x.double(), 1.0, 0.0).argmax(1) == y_class).double().mean())
 
 
-z_img = z_toy.float()
+z_toy32 = z_toy.float()
 print(f"{'classifier':<10} {'s':>4} {'in class':>9} {'entropy':>8}")
 for name, cls in [("exact", exact_cls), ("learned", learned_log_classifier)]:
     for s_scale in (1.0, 3.0):
@@ -575,8 +575,8 @@ for objective, m in learned.items():
 def learned_draw(objective, n_steps):
     m = learned[objective]
     if objective == "flow":
-        return lambda w: fm.sample(m.guided(y_class, w), z_img, n_steps, "heun").x
-    return lambda w: ddim.ddim_sample(m.guided(y_class, w), z_img, m.schedule, n_steps).x
+        return lambda w: fm.sample(m.guided(y_class, w), z_toy32, n_steps, "heun").x
+    return lambda w: ddim.ddim_sample(m.guided(y_class, w), z_toy32, m.schedule, n_steps).x
 
 
 learned_rows = {
@@ -600,7 +600,7 @@ m_flow = learned["flow"]
 print(f"{'Euler steps':>11} {'w':>3} {'in class':>9} {'KL to p(x|y)':>13} {'entropy':>8}")
 for n_steps in few:
     for w in (0.0, 3.0):
-        xs = fm.sample(m_flow.guided(y_class, w), z_img, n_steps, "euler").x
+        xs = fm.sample(m_flow.guided(y_class, w), z_toy32, n_steps, "euler").x
         kl = metrics.kl_divergence(xs.double(), lm.conditional(y_class).log_prob)
         print(
             f"{n_steps:>11} {w:>3g} {in_class(xs):>9.3f} {kl:>13.3f} {metrics.knn_entropy(xs):>8.3f}"
