@@ -344,6 +344,20 @@ def ancestral_sample(
 
 
 # ------------------------------------------------------------------ ground truth
+def step_index(schedule: DiscreteSchedule, tau: torch.Tensor) -> torch.Tensor:
+    """The index in ``schedule`` (full or respaced) of a model's time input ``t / T``:
+    ``t = round(tau * train_T)``, which must be a step ``t >= 1`` of the schedule, or a
+    ``ValueError`` says so. Shape of ``tau``, on the CPU."""
+    t = torch.round(tau.detach().to(torch.float64).cpu() * schedule.train_T).long()
+    idx = torch.searchsorted(schedule.timesteps, t).clamp_max(schedule.T)
+    if not torch.equal(schedule.timesteps[idx], t) or (idx < 1).any():
+        raise ValueError(
+            "a time t / T is not a step t >= 1 of the schedule: "
+            f"{t.unique()[:5].tolist()}"
+        )
+    return idx
+
+
 def exact_model(
     gm: GaussianMixture, schedule: DiscreteSchedule, parameterization: str = "eps"
 ) -> Model:
@@ -361,11 +375,7 @@ def exact_model(
     check_parameterization(parameterization)
 
     def model(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        tau = batch_time(tau, x).detach().to(torch.float64).cpu()
-        t_train = torch.round(tau * schedule.train_T).long()
-        idx = torch.searchsorted(schedule.timesteps, t_train).clamp_max(schedule.T)
-        if not torch.equal(schedule.timesteps[idx], t_train) or (idx < 1).any():
-            raise ValueError("exact_model: a time is not a step t >= 1 of its schedule")
+        idx = step_index(schedule, batch_time(tau, x))
         a, s = schedule.sqrt_alpha_bar[idx], schedule.sigma[idx]
         if (idx == idx[0]).all():  # one level for the batch: K factorisations, not B * K
             a, s = a[0], s[0]

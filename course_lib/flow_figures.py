@@ -17,7 +17,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from course_lib import couplings, plotting, solvers
+from course_lib import couplings, edm, image_diffusion, plotting, solvers
 from course_lib import flow_matching as fm
 from course_lib import sde_figures as sf
 from course_lib.gaussian_mixture import GaussianMixture
@@ -252,6 +252,31 @@ def flow_samplers(
     out = {name: fixed(m) for name, m in methods.items()}
     out[DOPRI5] = dopri5
     return out
+
+
+def flow_and_diffusion_samplers(
+    velocity: fm.Velocity, diffusion: image_diffusion.ImageDiffusion, path: fm.AffinePath
+) -> dict[str, sf.NFESampler]:
+    """Chapter 6's image comparison in one table: the flow with Euler and Heun on the
+    uniform grid (:func:`flow_samplers`), and the diffusion model with DDIM and EDM's
+    Heun on its ``σ`` grid from ``σ_max = 80`` (:func:`course_lib.sde_figures.
+    nfe_samplers`, ``x0`` clipped to ``[-1, 1]`` as in chapters 3–5)."""
+    sigma_min = 1.001 * edm.sigma_range(diffusion.schedule)[0]  # inside the trained range
+    diff = sf.nfe_samplers(
+        edm.denoiser_from_ddpm(diffusion.model, diffusion.schedule),
+        diffusion.model,
+        diffusion.schedule,
+        sigma_min,
+        80.0,
+        clip_x0=1.0,
+    )
+    flow = flow_samplers(velocity, path)
+    return {
+        "flow, Euler": flow[EULER],
+        "flow, Heun": flow[HEUN],
+        sf.DDIM: diff[sf.DDIM],
+        sf.HEUN: diff[sf.HEUN],
+    }
 
 
 ByMethod = dict[str, sf.NFETable]  # method -> model -> points

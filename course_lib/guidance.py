@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from course_lib import ddpm
+from course_lib import flow_matching as fm
 from course_lib.flow_matching import AffinePath
 from course_lib.gaussian_mixture import GaussianMixture
 from course_lib.schedules import DiscreteSchedule
@@ -81,19 +83,6 @@ def guided_model(
     return predict
 
 
-def _step_index(schedule: DiscreteSchedule, tau: torch.Tensor) -> torch.Tensor:
-    """The index in ``schedule`` of chapter 3's time input ``t / T`` (``t ≥ 1`` a step of the
-    schedule, full or respaced), with a clear error otherwise."""
-    t = torch.round(tau.detach().double().cpu() * schedule.train_T).long()
-    k = torch.searchsorted(schedule.timesteps, t).clamp_max(schedule.T)
-    if not torch.equal(schedule.timesteps[k], t) or (k < 1).any():
-        raise ValueError(
-            "a time t / T does not fall on a step t >= 1 of the schedule: "
-            f"{t.unique()[:5].tolist()}"
-        )
-    return k
-
-
 def classifier_guided_eps(
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     log_classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -109,7 +98,7 @@ def classifier_guided_eps(
 
     def predict(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         tau_b = torch.as_tensor(tau, device=x.device).expand(x.shape[0])
-        k = _step_index(schedule, tau_b)
+        k = ddpm.step_index(schedule, tau_b)
         noise_scale = schedule.sigma[k]  # √(1 − ᾱ_t), chapter 3's noise scale of x_t
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
@@ -185,6 +174,10 @@ class LabelledMixture:
         onehot = torch.nn.functional.one_hot(self.labels, self.n_classes).double()
         return torch.log(r @ onehot)
 
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The Bayes classifier of clean data, ``argmax_y p(y | x)``, shape ``(B,)``."""
+        return self.class_log_prob(x, 1.0, 0.0).argmax(1)
+
     def conditional_score(self, x_t: torch.Tensor, a: float, s: float, y: int) -> torch.Tensor:
         """``∇ log p_t(x_t | y)``: the score of class ``y``'s noised mixture."""
         return self.conditional(y).noised_score(x_t, a, s)
@@ -211,8 +204,6 @@ def exact_guided_eps(
     """The exact guided noise predictor of chapter 3's chain, ``model(x_t, t / T)``:
     ``ε̃ = (1 + w) ε*(x_t | y) − w ε*(x_t)`` with ``ε* = −√(1 − ᾱ_t) ∇log p_t``
     (:func:`course_lib.ddpm.exact_model` of the class and of the whole mixture)."""
-    from course_lib import ddpm
-
     cond, uncond = (
         ddpm.exact_model(lm.conditional(y), schedule),
         ddpm.exact_model(lm.mixture, schedule),
@@ -227,7 +218,7 @@ def exact_log_classifier(
     log p_t(y | x_t)`` for all classes, ``(B, C)``, one noise level per batch."""
 
     def log_classifier(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        k = _step_index(schedule, torch.as_tensor(tau).expand(x.shape[0]))
+        k = ddpm.step_index(schedule, torch.as_tensor(tau).expand(x.shape[0]))
         if not (k == k[0]).all():
             raise ValueError("exact_log_classifier takes one noise level per batch")
         a, s = float(schedule.sqrt_alpha_bar[k[0]]), float(schedule.sigma[k[0]])
@@ -241,8 +232,6 @@ def exact_guided_velocity(
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The exact guided velocity of a flow on ``path`` (chapter 6):
     ``(1 + w) u_t(x | y) − w u_t(x)``."""
-    from course_lib import flow_matching as fm
-
     cond = fm.exact_velocity(lm.conditional(y), path)
     uncond = fm.exact_velocity(lm.mixture, path)
     return lambda x, t: guided(cond(x, t), uncond(x, t), w)

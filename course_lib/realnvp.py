@@ -21,10 +21,10 @@ is the continuous-time limit: many infinitesimal steps, each with log-determinan
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from course_lib import cnf
 
 
 class AffineCoupling(nn.Module):
@@ -107,7 +107,7 @@ class CouplingFlow(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape (B, {self.dim}), got {tuple(x.shape)}")
         z, logdet = self.inverse(x)
-        return -0.5 * (z**2).sum(1) - 0.5 * self.dim * math.log(2 * math.pi) + logdet
+        return cnf.standard_normal_log_prob(z) + logdet
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

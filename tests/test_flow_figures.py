@@ -109,3 +109,20 @@ def test_quality_by_method_regroups_and_reaches(gm) -> None:
     assert "Euler" in text and "zero field" in text
     fig = ff.plot_by_method(table)
     assert len(fig.axes) == 2
+
+
+def test_flow_and_diffusion_samplers_cover_both_models() -> None:
+    from types import SimpleNamespace
+
+    from course_lib import schedules
+
+    diffusion = SimpleNamespace(
+        model=lambda x, t: torch.zeros_like(x), schedule=schedules.linear_schedule(1000)
+    )
+    fns = ff.flow_and_diffusion_samplers(lambda x, t: -x, diffusion, fm.linear_path())
+    assert set(fns) == {"flow, Euler", "flow, Heun", sf.DDIM, sf.HEUN}
+    z, g = torch.randn(4, 1, 4, 4), torch.Generator()
+    assert fns["flow, Euler"](3, z, g).nfe == 3 and fns["flow, Heun"](3, z, g).nfe == 6
+    assert fns[sf.HEUN](5, z, g).nfe == 9  # EDM Heun: 2N - 1
+    out = fns[sf.DDIM](5, z, g).x
+    assert out.shape == z.shape and float(out.abs().max()) <= 1.0  # x0 clipped to [-1, 1]

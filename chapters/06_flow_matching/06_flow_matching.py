@@ -977,22 +977,7 @@ n_fid = cfg.pick(smoke=8, cpu=100, gpu=2000)
 fid_floor, fid_floor_std = df.fid_floor(
     evaluator.fid, mnist_diff.images, n_fid, repeats=5, generator=generator
 )
-mnist_sigma_min = 1.001 * edm.sigma_range(mnist_diff.schedule)[0]
-diff_fns = sf.nfe_samplers(
-    edm.denoiser_from_ddpm(mnist_diff.model, mnist_diff.schedule),
-    mnist_diff.model,
-    mnist_diff.schedule,
-    mnist_sigma_min,
-    80.0,
-    clip_x0=1.0,
-)
-flow_fns = ff.flow_samplers(mnist_flow.velocity, linear)
-img_samplers = {
-    "flow, Euler": flow_fns[ff.EULER],
-    "flow, Heun": flow_fns[ff.HEUN],
-    sf.DDIM: diff_fns[sf.DDIM],
-    sf.HEUN: diff_fns[sf.HEUN],
-}
+img_samplers = ff.flow_and_diffusion_samplers(mnist_flow.velocity, mnist_diff, linear)
 img_plan = cfg.pick(
     smoke={"flow, Euler": [20], "flow, Heun": [10], sf.DDIM: [50], sf.HEUN: [18]},
     cpu={
@@ -1074,21 +1059,7 @@ for name in cfg.pick(smoke=[], cpu=[], gpu=["cifar10"]):
     flow_x = image_flow.train_image_flow(cfg, name)
     diff_x = image_diffusion.train_image_diffusion(cfg, name)
     ev = evaluate.course_evaluator(cfg, name)
-    fns_x = sf.nfe_samplers(
-        edm.denoiser_from_ddpm(diff_x.model, diff_x.schedule),
-        diff_x.model,
-        diff_x.schedule,
-        1.001 * edm.sigma_range(diff_x.schedule)[0],
-        80.0,
-        clip_x0=1.0,
-    )
-    ffns_x = ff.flow_samplers(flow_x.velocity, linear)
-    samplers_x = {
-        "flow, Euler": ffns_x[ff.EULER],
-        "flow, Heun": ffns_x[ff.HEUN],
-        sf.DDIM: fns_x[sf.DDIM],
-        sf.HEUN: fns_x[sf.HEUN],
-    }
+    samplers_x = ff.flow_and_diffusion_samplers(flow_x.velocity, diff_x, linear)
     extra_tables[name] = sf.quality_vs_nfe(
         samplers_x,
         img_plan,

@@ -265,7 +265,7 @@ def learned_log_classifier(x, t):
 
 
 def in_class(x):
-    return float((lm.class_log_prob(x.double(), 1.0, 0.0).argmax(1) == y_class).double().mean())
+    return float((lm.classify(x.double()) == y_class).double().mean())
 
 
 z_toy32 = z_toy.float()
