@@ -352,8 +352,7 @@ def step_index(schedule: DiscreteSchedule, tau: torch.Tensor) -> torch.Tensor:
     idx = torch.searchsorted(schedule.timesteps, t).clamp_max(schedule.T)
     if not torch.equal(schedule.timesteps[idx], t) or (idx < 1).any():
         raise ValueError(
-            "a time t / T is not a step t >= 1 of the schedule: "
-            f"{t.unique()[:5].tolist()}"
+            f"a time t / T is not a step t >= 1 of the schedule: {t.unique()[:5].tolist()}"
         )
     return idx
 
