@@ -2,8 +2,8 @@
 
 * Chapters run in the ``smoke`` profile unless ``COURSE_PROFILE`` says otherwise.
 * Real data: when ``COURSE_DATA`` is unset and the workplace's ``../shared/data`` copies
-  exist, a data root under ``_build/data`` links to them (MNIST test split only, so the
-  chapters train on ``COURSE_TRAIN_SPLIT=test``).
+  exist, a data root under ``_build/data`` links to them (the MNIST test split, so the
+  chapters train on ``COURSE_TRAIN_SPLIT=test``; CIFAR-10's zipped JPEG trees).
 * nbval: a cell whose metadata holds ``expected_output`` has its printed output compared
   with it (the committed notebooks carry no outputs, so this is where the few
   deterministic values live).
@@ -49,6 +49,13 @@ def _link_shared_data() -> None:
         link = root / "mnist" / f.name
         if not link.exists():
             link.symlink_to(f.resolve())
+    cifar = SHARED_DATA / "cifar10-jpeg"  # train.zip and test.zip: chapter 9 reads them
+    if cifar.is_dir():
+        (root / "cifar10").mkdir(parents=True, exist_ok=True)
+        for f in cifar.glob("*.zip"):
+            link = root / "cifar10" / f.name
+            if not link.exists():
+                link.symlink_to(f.resolve())
     os.environ["COURSE_DATA"] = str(root)
     os.environ.setdefault("COURSE_TRAIN_SPLIT", "test")
 

@@ -10,7 +10,8 @@ repository's ``data/`` folder), one folder per data set::
     mnist/          train-images-idx3-ubyte.gz  train-labels-idx1-ubyte.gz
                     t10k-images-idx3-ubyte.gz   t10k-labels-idx1-ubyte.gz
     fashion_mnist/  the same four file names
-    cifar10/        cifar-10-python.tar.gz, or train/<class>/*.png and test/<class>/*.png
+    cifar10/        cifar-10-python.tar.gz, or train/<class>/*.png and test/<class>/*.png,
+                    or those trees zipped as train.zip and test.zip
 
 A missing file is downloaded from the mirrors in :data:`MIRRORS` and checked against
 its md5; offline, the error says which file to put where.
@@ -28,11 +29,13 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import torch
@@ -468,14 +471,16 @@ def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, files
 
 
-def _decode_images(files: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_images(
+    files: Sequence[tuple[Path | str, int]], opener: Callable[[Path | str], Any] = open
+) -> tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
     from tqdm.auto import tqdm
 
     first_shape = None
     images = []
     for path, _ in tqdm(files, desc="decoding images", disable=len(files) < 2000, leave=False):
-        with Image.open(path) as img:
+        with opener(path) as f, Image.open(f) as img:
             pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
         if first_shape is None:
             first_shape = pixels.shape
@@ -505,7 +510,50 @@ def _load_image_folder(split_dir: Path, split: str) -> ImageDataset:
     classes, files = _image_files(split_dir)
     if not files:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {split_dir}/<class>/")
-    cache = split_dir.parent / f"{split}.cache.pt"
+    return _cached_images(split_dir.parent / f"{split}.cache.pt", split, classes, files, open)
+
+
+def _load_image_zip(archive: Path, split: str) -> ImageDataset:
+    """An image folder tree packed as ``<split>.zip`` (``<split>/<class>/<file>.jpg``,
+    how the folder exports of many tools and the workplace copies look), decoded
+    straight from the archive: nothing is extracted."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataFileError(
+            f"{archive} is not a readable zip archive ({err}). Download it again, or delete "
+            "it and put the images in a folder tree <split>/<class>/<image> instead."
+        ) from err
+    with zf:
+        entries = [
+            PurePosixPath(n)
+            for n in zf.namelist()
+            if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES
+            and len(PurePosixPath(n).parts) >= 2
+        ]
+        classes = sorted({e.parent.name for e in entries})
+        index = {c: i for i, c in enumerate(classes)}
+        files = [(str(e), index[e.parent.name]) for e in sorted(entries)]
+        if not files:
+            raise DataFileError(
+                f"{archive} holds no {'/'.join(IMAGE_SUFFIXES)} images in <class>/ folders."
+            )
+        try:
+            return _cached_images(
+                archive.with_name(f"{split}.cache.pt"), split, classes, files, zf.open
+            )
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            raise DataFileError(f"{archive} is damaged ({err}). Download it again.") from err
+
+
+def _cached_images(
+    cache: Path,
+    split: str,
+    classes: list[str],
+    files: Sequence[tuple[Path | str, int]],
+    opener: Callable[[Path | str], Any],
+) -> ImageDataset:
+    """Decode ``files`` once; later loads read the uint8 tensor cached in ``cache``."""
     if cache.is_file():
         try:
             saved = torch.load(cache, weights_only=True)
@@ -515,7 +563,7 @@ def _load_image_folder(split_dir: Path, split: str) -> ImageDataset:
                 )
         except Exception as err:  # any unreadable cache is simply rebuilt
             warnings.warn(f"ignoring the unreadable cache {cache}: {err}", stacklevel=3)
-    images, labels = _decode_images(files)
+    images, labels = _decode_images(files, opener)
     payload = {"count": len(files), "classes": classes, "images": images, "labels": labels}
     try:
         with _atomic_path(cache) as tmp:
@@ -534,10 +582,13 @@ def _load_cifar(split: str, root: Path, download: bool) -> ImageDataset:
     split_dir = folder / split
     if split_dir.is_dir():
         return _load_image_folder(split_dir, split)
+    if (folder / f"{split}.zip").is_file():
+        return _load_image_zip(folder / f"{split}.zip", split)
     if not download:
         raise FileNotFoundError(
             _missing("cifar10", CIFAR_TARBALL, folder)
-            + f"\nOr put the images as {split_dir}/<class>/*.png (one folder per class)."
+            + f"\nOr put the images as {split_dir}/<class>/*.png (one folder per class), "
+            f"or that tree zipped as {folder / (split + '.zip')}."
         )
     return _load_cifar_tarball(download_file("cifar10", CIFAR_TARBALL, folder), split)
 

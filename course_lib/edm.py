@@ -214,6 +214,7 @@ def edm_loss(
     sigma_data: float = 0.5,  # EDM Table 1, for the weight λ(σ)
     generator: torch.Generator | None = None,
     sigma: Sigma | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """EDM's training loss (eq. 2 with Table 1's choices, eq. 8):
 
@@ -233,6 +234,7 @@ def edm_loss(
         generator: for ``σ`` and ``ε``; must live on ``x0``'s device.
         sigma: fixed noise levels (a float or ``(B,)``) instead of log-normal draws, e.g.
             to plot the loss against ``σ`` (EDM Fig. 5a).
+        noise: a given ``ε`` (shaped like ``x0``) instead of a draw.
 
     Returns:
         The scalar mean loss (differentiable).
@@ -244,7 +246,7 @@ def edm_loss(
         sigma = torch.exp(P_mean + P_std * randn_like(x0.new_empty(b), generator))
     sigma = batch_time(sigma, x0)
     s = _sigma_like(sigma, x0)
-    xhat = x0 + s * randn_like(x0, generator)
+    xhat = x0 + s * (randn_like(x0, generator) if noise is None else noise)
     err = (denoiser(xhat, sigma) - x0).reshape(b, -1).pow(2).mean(1)  # (B,)
     return (Preconditioning(sigma_data).loss_weight(sigma) * err).mean()
 

@@ -260,6 +260,27 @@ def score_from_velocity(
     return score_from_eps(path, eps_from_velocity(path, x, u, t), t)
 
 
+def denoiser_from_velocity(
+    velocity: Velocity, path: AffinePath
+) -> Callable[[torch.Tensor, float | torch.Tensor], torch.Tensor]:
+    """EDM's denoiser ``D(x̂; σ)`` (chapter 5) of a velocity field on ``path``.
+
+    A flow state ``x_t = α_t x1 + σ_t x0`` divided by ``α_t`` is EDM's
+    ``x̂ = x1 + (σ_t / α_t) x0`` at noise level ``σ = σ_t / α_t``. So
+    ``D(x̂; σ) = x̂1(α_t x̂, v(α_t x̂, t))`` with ``t`` the flow time of ``σ``
+    (:meth:`AffinePath.t_from_edm_sigma`) and :func:`x1_from_velocity`: with it every
+    sampler of chapters 3–5 runs on a flow (chapter 9). Needs ``σ > 0``."""
+
+    def denoiser(x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        level = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+        t = path.t_from_edm_sigma(level.expand(x.shape[0]) if level.ndim == 0 else level)
+        x_t = expand_like(path.alpha(t), x).to(x) * x
+        t_net = t.to(x.dtype)
+        return x1_from_velocity(path, x_t, velocity(x_t, t_net), t)
+
+    return denoiser
+
+
 def eps_loss_weight(path: AffinePath, t: float | torch.Tensor) -> torch.Tensor:
     """``λ_t = (σ̇_t - α̇_t σ_t / α_t)²``: with ``v = velocity_from_eps(ε̂)``,
     ``v - u_t(x_t | x0, x1) = (σ̇_t - α̇_t σ_t / α_t)(ε̂ - x0)``, so the CFM loss of a

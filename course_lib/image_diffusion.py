@@ -185,6 +185,28 @@ def make_unet(r: ImageRecipe, channels: int, num_classes: int | None = None) -> 
     )
 
 
+def training_images(cfg: Config, r: ImageRecipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recipe's training images in ``[-1, 1]`` and their labels, on ``cfg.device``:
+    the split ``cfg.train_split``, cut to a fixed random subset of ``r.n_images``."""
+    ds = data_module.load(r.dataset, split=cfg.train_split)
+    if r.n_images is not None and r.n_images < len(ds):
+        ds = ds.subset(r.n_images, torch.Generator().manual_seed(r.seed))
+    return ds.to_float().to(cfg.device), ds.labels.to(cfg.device)
+
+
+def seeded_unet(
+    cfg: Config, r: ImageRecipe, channels: int, num_classes: int | None = None
+) -> UNet:
+    """The recipe's U-Net with initial weights seeded by ``r.seed`` (the caller's random
+    stream is untouched), on ``cfg.device``, channels-last on CUDA."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(r.seed)
+        model = make_unet(r, channels, num_classes).to(cfg.device)
+    if cfg.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 @dataclass
 class ImageDiffusion:
     """A trained image model and what chapters need around it.
@@ -256,32 +278,26 @@ def train_image_model(
     """Train (or resume, or load) the recipe's U-Net on its data set with ``loss(net, x,
     generator)``: the set-up every image model of the course shares (a fixed subset of
     the training split on the device, seeded weights, flips for CIFAR-10, channels-last
-    and bf16 autocast on CUDA, EMA and atomic checkpoints named ``kind``-...).
+    and bf16 autocast on CUDA, EMA and atomic checkpoints named ``kind``-... that hold
+    the batch and noise generators' states, so a resumed run is the uninterrupted run).
 
     With ``num_classes`` the U-Net takes labels (and a null label, :class:`~course_lib.
     unet.UNet`), batches carry each image's label, and the loss is ``loss(net, x, y,
     generator)`` (chapter 8: label dropout happens inside it)."""
-    ds = data_module.load(r.dataset, split=cfg.train_split)
-    if r.n_images is not None and r.n_images < len(ds):
-        ds = ds.subset(r.n_images, torch.Generator().manual_seed(r.seed))
-    images = ds.to_float().to(cfg.device)
-    labels = ds.labels.to(cfg.device)
+    images, labels = training_images(cfg, r)
     if num_classes is not None and int(labels.max()) >= num_classes:
         raise ValueError(
             f"{r.dataset} has labels up to {int(labels.max())}, more than num_classes = "
             f"{num_classes}"
         )
-    with torch.random.fork_rng(devices=[]):  # the chapter's own random stream is untouched
-        torch.manual_seed(r.seed)
-        model = make_unet(r, images.shape[1], num_classes).to(cfg.device)
+    model = seeded_unet(cfg, r, images.shape[1], num_classes)
     channels_last = cfg.device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     # batch indices are drawn on the CPU; the noise and flips on the images' device
+    batch_generator = torch.Generator().manual_seed(r.seed)
     batches = train.random_batches(
         *((images, labels) if num_classes else (images,)),
         batch_size=r.batch_size,
-        generator=torch.Generator().manual_seed(r.seed),
+        generator=batch_generator,
     )
     generator = torch.Generator(device=cfg.device).manual_seed(r.seed + 1)
 
@@ -310,6 +326,8 @@ def train_image_model(
             checkpoint_every=checkpoint_every,
             progress=progress,
             desc=f"{kind} on {r.dataset}",
+            generators=(batch_generator, generator),
+            batch_size=r.batch_size,
         )
     assert result.ema is not None
     return TrainedImageModel(result.ema.eval(), images, labels, result, path)

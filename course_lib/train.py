@@ -4,9 +4,16 @@ Every chapter trains through :func:`train`: a model, a loss ``loss_fn(model, bat
 and a function that returns the next batch. The loop brings what a real run needs and
 nothing else: Adam with an optional linear warm-up, gradient clipping, an exponential
 moving average (EMA) of the weights, bf16 autocast and ``torch.compile`` on a GPU, a
-``tqdm`` progress bar with the running loss, a clear error on a NaN or infinite loss
-naming the step, and atomic, resumable checkpoints so that an interrupted run (a Colab
-session that ends) loses nothing.
+``tqdm`` progress bar with the running loss (and images/s), a clear error on a NaN or
+infinite loss naming the step, and atomic, resumable checkpoints so that an interrupted
+run (a Colab session that ends) loses nothing: a checkpoint holds the weights, the
+optimiser, the EMA, the losses, and the state of every random generator the run draws
+from, so a resumed run continues with the batches and noise it would have drawn.
+
+Under ``torchrun`` (a process group is initialised, :mod:`course_lib.distributed`) the
+same loop runs as PyTorch's DDP: the forward pass goes through
+``DistributedDataParallel``, which averages the gradients over the processes, the
+logged losses are averaged over them too, and only rank 0 writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -20,8 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as tdist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
+
+from course_lib import distributed
 
 Batch = Any  # a tensor, or a tuple of tensors (e.g. images and labels)
 
@@ -69,6 +80,8 @@ def random_batches(
     device = tensors[0].device
 
     def next_batch(step: int) -> Batch:
+        # the generator's state is part of the run: pass it to train(generators=...)
+        # so that a resumed run draws the batches an uninterrupted run would have drawn
         idx = torch.randint(n, (batch_size,), generator=generator).to(device)
         out = tuple(t[idx] for t in tensors)
         return out[0] if len(out) == 1 else out
@@ -115,6 +128,8 @@ def train(
     progress: bool = True,
     log_every: int | None = None,
     desc: str = "training",
+    generators: Sequence[torch.Generator] = (),
+    batch_size: int | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``steps`` steps of Adam(W) on ``loss_fn(model, next_batch(step))``.
 
@@ -137,11 +152,17 @@ def train(
         amp: run the forward pass under bf16 autocast (use on CUDA).
         compile: ``torch.compile`` the model for the forward pass (GPU).
         checkpoint: a file to save to every ``checkpoint_every`` steps and at the end;
-            if it exists, training resumes from it.
+            if it exists, training resumes from it. Under DDP only rank 0 writes it,
+            and every rank resumes from it (whatever number of processes wrote it).
         progress: show a ``tqdm`` bar with the running loss.
         log_every: how often the bar is updated and the loss checked for NaN/inf
             (default ``steps // 100``).
         desc: label of the progress bar.
+        generators: the generators ``next_batch`` and ``loss_fn`` draw from (batch
+            indices, noise); their states are saved with the checkpoint and restored on
+            resume, with torch's global (and CUDA) generator, so that a resumed run
+            is the uninterrupted run.
+        batch_size: the global batch size, to show images/s on the progress bar.
 
     Returns:
         A :class:`TrainResult` with the loss of every step.
@@ -156,6 +177,7 @@ def train(
     ema = copy.deepcopy(model).requires_grad_(False).eval() if ema_decay is not None else None
     losses: list[float] = []
     start = 0
+    rank, world = distributed.current()
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -171,9 +193,22 @@ def train(
             ema.load_state_dict(state["ema"])
         losses, start = list(state["losses"]), int(state["step"])
         torch.set_rng_state(state["rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        # checkpoints written before generator states were saved hold none: they still
+        # load (a finished run needs none; an unfinished one resumes approximately)
+        saved_gens = state.get("generators", [g.get_state() for g in generators])
+        if len(saved_gens) != len(generators):
+            raise ValueError(
+                f"The checkpoint {ckpt} holds {len(saved_gens)} generator state(s) but this "
+                f"run draws from {len(generators)}: it was written by a different training "
+                "set-up. Delete it to train from scratch, or pass another checkpoint path."
+            )
+        for g, g_state in zip(generators, saved_gens, strict=True):
+            g.set_state(g_state)
 
     def save(step: int) -> None:
-        if ckpt is not None:
+        if ckpt is not None and rank == 0:
             _save_atomic(
                 {
                     "model": model.state_dict(),
@@ -182,12 +217,20 @@ def train(
                     "losses": losses,
                     "step": step,
                     "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all()
+                    if torch.cuda.is_available()
+                    else None,
+                    "generators": [g.get_state() for g in generators],
                 },
                 ckpt,
             )
 
     device = next(model.parameters()).device
-    forward = torch.compile(model) if compile else model
+    forward: nn.Module = model
+    if world > 1:  # DDP averages the gradients over the processes in backward()
+        ids = [device.index] if device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=ids)
+    forward = torch.compile(forward) if compile else forward
     log_every = log_every or max(1, (steps - start) // 100)
     buffer = torch.zeros(log_every, device=device)
     ema_params = list(ema.parameters()) if ema is not None else []
@@ -217,17 +260,27 @@ def train(
         if (done - start) % log_every == 0 or done == steps:
             # one host sync per log interval, not per step
             n_new = (done - start - 1) % log_every + 1
-            chunk = buffer[:n_new].cpu()
+            chunk = buffer[:n_new]
+            if world > 1:  # every rank logs (and checks) the mean over the processes
+                chunk = chunk.clone()
+                tdist.all_reduce(chunk)
+                chunk /= world
+            chunk = chunk.cpu()
             _check_finite(chunk, done - n_new)
             losses.extend(chunk.tolist())
             bar.update(n_new)
-            bar.set_postfix(loss=f"{sum(losses[-n_new:]) / n_new:.4f}")
+            post = {"loss": f"{sum(losses[-n_new:]) / n_new:.4f}"}
+            if batch_size:
+                rate = (done - start) * batch_size / (time.perf_counter() - t0)
+                post["img/s"] = f"{rate:.0f}"
+            bar.set_postfix(post)
             if checkpoint_every and done >= next_save:
                 save(done)
                 next_save = (done // checkpoint_every + 1) * checkpoint_every
     seconds = time.perf_counter() - t0
     bar.close()
     save(steps)
+    distributed.barrier()  # no rank reads the checkpoint before rank 0 has written it
     model.eval()
     return TrainResult(
         model=model, ema=ema, losses=losses, seconds=seconds, steps=steps, resumed_at=start

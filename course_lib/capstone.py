@@ -1,0 +1,381 @@
+"""Chapter 9's CIFAR-10 lab: one U-Net, the objective you pick, on one GPU or many.
+
+The pieces are the course's: chapter 3's U-Net and data set-up
+(:func:`course_lib.image_diffusion.training_images`, :func:`~course_lib.image_diffusion.
+seeded_unet`), the one training loop (:func:`course_lib.train.train`, which runs as DDP
+under ``torchrun``), the three objectives of :mod:`course_lib.objectives`, chapter 5's
+table of samplers (:func:`course_lib.sde_figures.nfe_samplers`) and the course's FID
+(:mod:`course_lib.evaluate`). What this module adds is the plumbing of a long run:
+batches dealt out epoch by epoch across processes (:class:`course_lib.distributed.
+EpochBatches`), random numbers that depend only on ``(seed, step)`` so that a run
+killed at any moment resumes to the same weights, and sampling sharded across ranks.
+
+The same entry point runs in a notebook (one process) and from the command line::
+
+    python -m course_lib.capstone train --objective eps --profile gpu
+    torchrun --nproc_per_node=4 -m course_lib.capstone train --objective eps --profile gpu
+    python -m course_lib.capstone sample --objective eps --profile gpu --sampler "EDM Heun" --nfe 35
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from course_lib import data as data_module
+from course_lib import distributed, image_diffusion, objectives, recipes, train
+from course_lib import sde_figures as sf
+from course_lib.config import Config, get_config
+from course_lib.flow_figures import EULER as FLOW_EULER
+from course_lib.flow_figures import HEUN as FLOW_HEUN
+from course_lib.flow_figures import flow_samplers
+from course_lib.image_diffusion import ImageRecipe
+
+_CIFAR = dict(dataset="cifar10", schedule="linear", T=1000, flip=True)
+#: Chapter 9's budgets. ``smoke`` takes every code path in seconds; ``cpu`` trains a
+#: 0.3M-parameter U-Net for a couple of minutes on two cores (colour blobs with the
+#: right statistics, not objects: say so when you show them); ``gpu`` is the course's
+#: CIFAR-10 model of chapters 3–6 (9M parameters, about half an hour on one modern GPU).
+#: ``ddpm35m`` is DDPM's own CIFAR-10 network (Ho et al. 2020, App. B: 128 channels,
+#: multipliers 1, 2, 2, 2, two residual blocks, attention at 16x16, dropout 0.1; 35.7M
+#: parameters) with its batch, learning rate, warm-up and EMA, trained for a budget
+#: you choose (``--steps``; DDPM trained it for 800k steps).
+RECIPES: dict[str, ImageRecipe] = {
+    "smoke": ImageRecipe(
+        **_CIFAR,
+        n_images=256,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(),
+        dropout=0.0,
+        steps=6,
+        batch_size=16,
+        lr=2e-3,
+        warmup_steps=0,
+        ema_decay=0.9,
+    ),
+    "cpu": ImageRecipe(
+        **_CIFAR,
+        n_images=5000,
+        base_channels=16,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        attention_levels=(),
+        dropout=0.0,
+        steps=800,
+        batch_size=32,
+        lr=2e-3,
+        warmup_steps=50,
+        ema_decay=0.995,
+    ),
+    "gpu": image_diffusion.RECIPES[("cifar10", "gpu")],
+    "ddpm35m": ImageRecipe(
+        **_CIFAR,
+        n_images=None,
+        base_channels=128,
+        channel_mults=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_levels=(1,),
+        dropout=0.1,
+        steps=800_000,
+        batch_size=128,
+        lr=2e-4,
+        warmup_steps=5000,
+        ema_decay=0.9999,
+    ),
+}
+
+
+def recipe(cfg: Config, name: str | None = None, **overrides: object) -> ImageRecipe:
+    """Chapter 9's recipe ``name`` (default: ``cfg``'s profile), with field overrides
+    (``steps=...`` to train longer: a new checkpoint)."""
+    name = name or cfg.profile
+    if name not in RECIPES:
+        raise ValueError(f"no chapter-9 recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return recipes.override(RECIPES[name], **overrides)
+
+
+def checkpoint_path(cfg: Config, r: ImageRecipe, objective: str) -> Path:
+    """``<data root>/checkpoints/cifar-<objective>-<split>-<recipe hash>.pt``: the same
+    file whatever the number of processes, so a run can resume with another count."""
+    objectives.get(objective)  # an unknown objective fails here, before any work
+    name = f"cifar-{objective}-{cfg.train_split}-{recipes.key(r)}.pt"
+    return data_module.data_root() / "checkpoints" / name
+
+
+@dataclass
+class Capstone:
+    """A trained chapter-9 model and what the lab needs around it.
+
+    Attributes:
+        recipe: the :class:`~course_lib.image_diffusion.ImageRecipe`.
+        objective: the :class:`~course_lib.objectives.Objective` it was trained with.
+        model: the EMA network, eval mode (``net(x, c)``: the objective says what ``c``
+            and the output are; use :meth:`denoiser`, :meth:`samplers`).
+        images: the training images in ``[-1, 1]`` on the device; ``labels`` theirs.
+        result: the :class:`~course_lib.train.TrainResult` (loss of every step).
+        checkpoint: the checkpoint file.
+        world_size: how many processes trained this call.
+    """
+
+    recipe: ImageRecipe
+    objective: objectives.Objective
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    result: train.TrainResult
+    checkpoint: Path
+    world_size: int = 1
+
+    @property
+    def parameters(self) -> int:
+        """The network's number of parameters."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def denoiser(self) -> objectives.edm.Denoiser:
+        """EDM's ``D(x̂; σ)`` of the trained network (:meth:`Objective.denoiser`)."""
+        return self.objective.denoiser(self.model)
+
+    def samplers(self) -> dict[str, sf.NFESampler]:
+        """Every sampler of chapters 3–6 on this one network (:func:`samplers`)."""
+        return samplers(self.objective, self.model)
+
+
+def samplers(objective: objectives.Objective, net: nn.Module) -> dict[str, sf.NFESampler]:
+    """``name -> (knob, z, generator) -> SampleResult`` for one trained network: chapter
+    5's table (:func:`course_lib.sde_figures.nfe_samplers`: EDM Euler and Heun, RK4,
+    dopri5, PC, DDIM, ancestral DDPM) on the objective's denoiser and ``ε``-model,
+    ``x0`` clipped to ``[-1, 1]`` for DDIM and DDPM as in chapters 3–5, plus, for a
+    flow, its own Euler and Heun in flow time (:func:`course_lib.flow_figures.
+    flow_samplers`)."""
+    table = sf.nfe_samplers(
+        objective.denoiser(net),
+        objective.eps_model(net),
+        objective.schedule,
+        objective.sigma_min,
+        objective.sigma_max,
+        clip_x0=1.0,
+    )
+    velocity = objective.velocity(net)
+    if velocity is not None:
+        own = flow_samplers(velocity, objective.path)
+        table = {"flow, Euler": own[FLOW_EULER], "flow, Heun": own[FLOW_HEUN], **table}
+    return table
+
+
+@contextlib.contextmanager
+def _own_random_stream(device: torch.device) -> Iterator[None]:
+    """Training reseeds torch's global generator every step (dropout): keep the
+    caller's stream, CPU and CUDA, as it was."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def train_capstone(
+    cfg: Config,
+    objective: str = "eps",
+    r: ImageRecipe | None = None,
+    dist: distributed.Dist | None = None,
+    compile: bool = False,
+    progress: bool = True,
+    checkpoint_every: int = 100,
+    checkpoint: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Capstone:
+    """Train (or resume, or load) chapter 9's U-Net on CIFAR-10 with ``objective``.
+
+    One process or several (``dist`` from :func:`course_lib.distributed.from_env`, under
+    ``torchrun``): the global batch ``r.batch_size`` is split over the processes
+    (:class:`course_lib.distributed.EpochBatches`); every random number of step ``k``
+    (flips, times or noise levels, noise: :func:`course_lib.objectives.draw`; dropout:
+    torch's generator reseeded by ``(seed, k, rank)``) depends on ``(seed, k)`` only.
+    Hence a run takes the same steps with 1 or ``W`` processes (up to float rounding in
+    the gradient all-reduce, and exactly the same when the recipe has no dropout), a
+    checkpoint resumes with any process count, and a killed run resumes to the weights
+    of an uninterrupted one. Rank 0 writes the checkpoint (atomically) every
+    ``checkpoint_every`` steps and at the end; on CUDA the loop runs in bf16 autocast
+    on channels-last tensors, ``compile=True`` adds ``torch.compile``.
+
+    ``dtype=torch.float64`` trains in double precision: slow, but it shows that ``W``
+    processes take the one-process steps to ``1e-12``. In float32 the first Adam steps
+    amplify the all-reduce's rounding wherever a gradient is a sum of terms that nearly
+    cancel (the output convolution starts at zero): Adam's update ``g / (√v + ε)`` is
+    about ``sign(g)``, and a rounding-sized ``g`` can change sign.
+    """
+    r = r or recipe(cfg)
+    obj = objectives.get(objective, r.T, r.schedule)
+    dist = dist or distributed.Dist(device=cfg.device)
+    if dist.device != cfg.device:
+        cfg = replace(cfg, device=dist.device)
+    images, labels = image_diffusion.training_images(cfg, r)
+    images = images.to(dtype)
+    model = image_diffusion.seeded_unet(cfg, r, images.shape[1]).to(dtype)
+    batches = distributed.EpochBatches(
+        images.shape[0], r.batch_size, r.seed, dist.rank, dist.world_size
+    )
+    shape = tuple(images.shape[1:])
+    channels_last = cfg.device.type == "cuda"
+
+    def next_batch(step: int) -> tuple[torch.Tensor, objectives.Draws]:
+        # dropout draws from torch's generator: make it a function of (seed, step, rank)
+        torch.manual_seed((r.seed * 7919 + step) * 64 + dist.rank)
+        d = objectives.draw(
+            r.seed, step, r.batch_size, shape, dist.rank, dist.world_size, cfg.device
+        )
+        x = images[batches(step).to(images.device)]
+        if r.flip:
+            x = torch.where(d.flip[:, None, None, None], x.flip(3), x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, d
+
+    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, objectives.Draws]) -> torch.Tensor:
+        return obj.loss(net, *batch)
+
+    path = Path(checkpoint) if checkpoint is not None else checkpoint_path(cfg, r, objective)
+    with _own_random_stream(cfg.device):
+        result = train.train(
+            model,
+            loss_fn,
+            next_batch,
+            steps=r.steps,
+            lr=r.lr,
+            warmup_steps=r.warmup_steps,
+            ema_decay=r.ema_decay,
+            amp=cfg.use_amp,
+            compile=compile,
+            checkpoint=path,
+            checkpoint_every=checkpoint_every,
+            progress=progress and dist.is_main,
+            desc=f"{objective} on CIFAR-10" + (f" ({dist.world_size} processes)" * dist.active),
+            batch_size=r.batch_size,
+        )
+    assert result.ema is not None
+    return Capstone(r, obj, result.ema.eval(), images, labels, result, path, dist.world_size)
+
+
+@torch.no_grad()
+def sample(
+    sampler: sf.NFESampler,
+    knob: int,
+    n: int,
+    shape: tuple[int, ...],
+    seed: int = 0,
+    dist: distributed.Dist | None = None,
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """``n`` samples (on the CPU) from ``sampler`` at ``knob``, drawn in batches of at
+    most ``batch_size``, sharded over the processes of ``dist``: rank ``r`` draws
+    batches ``r, r + W, ...``, each from its own seed ``seed + 1000 b``, and the
+    batches are gathered in order, so the samples do not depend on the process count."""
+    dist = dist or distributed.Dist()
+    n_batches = math.ceil(n / batch_size)
+    per_rank = math.ceil(n_batches / dist.world_size)
+    mine = []
+    for j in range(per_rank):
+        b = dist.rank + j * dist.world_size
+        z_gen = torch.Generator().manual_seed(seed + 1000 * b)
+        z = torch.randn((batch_size, *shape), generator=z_gen).to(dist.device)
+        g = torch.Generator(device=dist.device).manual_seed(seed + 1000 * b + 1)
+        x = sampler(knob, z, g).x if b < n_batches else torch.zeros_like(z)
+        mine.append(x)
+    local = torch.stack(mine)  # (per_rank, batch, ...): equal shapes on every rank
+    gathered = distributed.all_gather_rows(local[None]) if dist.active else local[None]
+    # gathered[r, j] is batch r + j W: reorder to batch order
+    ordered = gathered.transpose(0, 1).reshape(-1, *shape)
+    return ordered[:n].float().cpu()
+
+
+# -------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m course_lib.capstone",
+        description="Chapter 9: train and sample a CIFAR-10 model, in one process or "
+        "under torchrun --nproc_per_node=N.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("train", "sample"):
+        s = sub.add_parser(name)
+        s.add_argument("--objective", choices=objectives.NAMES, default="eps")
+        s.add_argument("--profile", default=None, help="smoke, cpu or gpu (COURSE_PROFILE)")
+        s.add_argument("--recipe", choices=sorted(RECIPES), default=None)
+        s.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+        s.add_argument("--checkpoint", default=None, help="checkpoint file (default: by hash)")
+        s.add_argument(
+            "--float64", action="store_true", help="double precision (to check DDP exactly)"
+        )
+    t = sub.choices["train"]
+    t.add_argument("--compile", action="store_true", help="torch.compile the U-Net (GPU)")
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    s = sub.choices["sample"]
+    s.add_argument("--sampler", default="EDM Heun")
+    s.add_argument("--nfe", type=int, default=18, help="the sampler's knob (steps)")
+    s.add_argument("-n", type=int, default=1000, help="number of samples")
+    s.add_argument("--out", default="samples.pt", help="where rank 0 saves the samples")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = get_config(args.profile)
+    dist = distributed.from_env()
+    try:
+        overrides = {"steps": args.steps} if args.steps else {}
+        r = recipe(cfg, args.recipe, **overrides)
+        if args.command == "train":
+            cap = train_capstone(
+                cfg, args.objective, r, dist, compile=args.compile,
+                checkpoint_every=args.checkpoint_every, checkpoint=args.checkpoint,
+                dtype=torch.float64 if args.float64 else torch.float32,
+            )  # fmt: skip
+            if dist.is_main:
+                res = cap.result
+                report = {
+                    "objective": args.objective,
+                    "steps": res.steps,
+                    "resumed_at": res.resumed_at,
+                    "processes": dist.world_size,
+                    "images_per_second": res.steps_per_second * r.batch_size,
+                    "final_loss": sum(res.losses[-50:]) / max(1, len(res.losses[-50:])),
+                    "checkpoint": str(cap.checkpoint),
+                }
+                print(json.dumps(report))
+        else:
+            path = Path(args.checkpoint or checkpoint_path(cfg, r, args.objective))
+            if not path.is_file() or torch.load(path, weights_only=False)["step"] < r.steps:
+                raise FileNotFoundError(
+                    f"no finished checkpoint at {path}: train it first with the same options "
+                    f"(python -m course_lib.capstone train --objective {args.objective} ...)."
+                )
+            dtype = torch.float64 if args.float64 else torch.float32
+            cap = train_capstone(
+                cfg, args.objective, r, dist, progress=False, checkpoint=path, dtype=dtype
+            )
+            table = cap.samplers()
+            if args.sampler not in table:
+                raise ValueError(
+                    f"unknown sampler {args.sampler!r}; choose one of {', '.join(table)}"
+                )
+            x = sample(table[args.sampler], args.nfe, args.n, tuple(cap.images.shape[1:]),
+                       dist=dist)  # fmt: skip
+            if dist.is_main:
+                torch.save(x, args.out)
+                print(f"{x.shape[0]} samples -> {args.out}")
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
