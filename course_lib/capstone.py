@@ -96,6 +96,27 @@ RECIPES: dict[str, ImageRecipe] = {
 }
 
 
+#: Published CIFAR-10 budgets to read a run against: ``(what, hardware and time, result)``
+#: (``../shared/PUBLISHED_NUMBERS.md``; FID protocols differ, see each paper).
+PUBLISHED_BUDGETS: tuple[tuple[str, str, str], ...] = (
+    (
+        "DDPM, 35.7M U-Net, 800k steps at batch 128",
+        "TPU v3-8, about 10.6 h (21 steps/s: about 2,700 images/s)",
+        "Inception FID 3.17 (50k samples, 1000 steps; Ho et al. 2020, Table 1)",
+    ),
+    (
+        "EDM (DDPM++ VP), 200M images at batch 512",
+        "8 V100s, about 2 days",
+        "Inception FID 1.97 unconditional at 35 NFE (min over 3 sets of 50k; Karras et al. 2022)",
+    ),
+    (
+        "flow matching (OT path), 400k iterations at batch 128 (torchcfm's recipe)",
+        "one RTX 4090 about 19 h, one V100 about 60 h (users' reports)",
+        "Inception FID 6.35 with dopri5 at 142 NFE (Lipman et al. 2023, Table 1)",
+    ),
+)
+
+
 def recipe(cfg: Config, name: str | None = None, **overrides: object) -> ImageRecipe:
     """Chapter 9's recipe ``name`` (default: ``cfg``'s profile), with field overrides
     (``steps=...`` to train longer: a new checkpoint)."""

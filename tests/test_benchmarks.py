@@ -27,3 +27,30 @@ def test_throughput_script_writes_a_table(tmp_path):
     kinds = [r.split("|")[1].strip() for r in rows]
     assert kinds == ["train", "sample ddpm-1000", "sample ddim-50"]
     assert all(float(r.split("|")[4].replace(",", "")) > 0 for r in rows)
+
+
+def test_gpu_check_runs_every_stage_in_quick_mode(tmp_path):
+    """The GPU check is run rarely and on borrowed minutes: its code paths are run here,
+    at tiny sizes on the CPU, so that a GPU session never fails on a typo."""
+    out = tmp_path / "results.md"
+    env = {**os.environ, "COURSE_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    script = str(ROOT / "benchmarks" / "gpu_check.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--quick", "--objective", "flow", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = out.read_text()
+    assert "## GPU check on CPU" in table and "quick mode" in table
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ")][1:]  # after the header
+    what = [r.split("|")[1].strip() for r in rows]
+    assert what[0].startswith("train `smoke`") and what[1].startswith("training run")
+    assert {"sample EDM Heun", "sample DDIM, η = 0", "sample flow, Euler"} <= set(what)
+    # without CUDA and without --quick it refuses, naming the way to test it
+    refused = subprocess.run(
+        [sys.executable, script, "--out", str(out)], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "--quick" in refused.stderr
