@@ -62,7 +62,9 @@ def results_card(executed: Path) -> dict:
             in_card = "## Results card" in text or (in_card and not text.lstrip().startswith("#"))
         elif in_card:
             for out in cell.get("outputs", []):
-                lines += "".join(out.get("text", "")).splitlines()
+                # printed lines, or the text form of course_lib.show.results_card's table
+                text = out.get("text") or out.get("data", {}).get("text/plain", "")
+                lines += "".join(text).splitlines()
     quality = [ln.strip() for ln in lines if ln.strip().startswith(("quality", "throughput"))]
     device = next((ln.split("device=")[1].split(",")[0] for ln in lines if "device=" in ln), "?")
     return {"quality": "; ".join(quality) or "—", "device": device}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,15 +97,83 @@ def sphinx_config(cfg: dict, profile: str) -> dict:
         "parse": {"myst_enable_extensions": ["dollarmath", "amsmath", "colon_fence", "deflist"]},
         "sphinx": {
             "extra_extensions": ["sphinx-mathjax-offline"],
+            # book/_ext/course_book.py: MathJax on every page, each script once,
+            # course.css (wide math and code scroll in their box)
+            "local_extensions": {"course_book": "_ext"},
             "config": {
                 "nb_execution_raise_on_error": True,
                 "bibtex_reference_style": "author_year",
                 "html_show_copyright": True,
                 "suppress_warnings": ["mystnb.unknown_mime_type"],
-                "html_context": {"course_profile": profile},
+                # the theme's mode on a first visit (figures are drawn on white); left
+                # empty, the theme logs "Got invalid theme mode" to the browser console
+                "html_context": {"course_profile": profile, "default_mode": "light"},
             },
         },
     }
+
+
+#: what marks a chapter's Colab set-up cell (``tests/test_chapters.py`` checks it is there)
+COLAB_SETUP = '"google.colab" in sys.modules'
+#: matplotlib's animations link Font Awesome 4 from a CDN for their buttons; the book's
+#: theme ships the icons itself (``_static/scripts/fontawesome.js``)
+CDN_ICONS = re.compile(
+    r'<link rel="stylesheet"\s+href="https://maxcdn\.bootstrapcdn\.com/font-awesome/[^"]*"\s*/?>\n?'
+)
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def for_the_book(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Adapt an executed chapter to the book; the notebook itself keeps everything.
+
+    * The Colab set-up cell, and the note before it that explains it, are tagged
+      ``remove-cell``: Colab plumbing, not course content, they filled the first screen
+      of every chapter. The notebook (what Colab opens) keeps them.
+    * The code that assembles the results card is collapsed (``hide-input``): the reader
+      sees the card's table, and can open the code behind it.
+    * Animations no longer fetch their button icons from a CDN, and progress bars
+      (ipywidgets) are kept as their text (``100%|####| 30/30``) without the widget state
+      that made the page load require.js and the widget manager from two CDNs: the book
+      needs no network (offline those requests failed in the browser console).
+    """
+    nb.metadata.pop("widgets", None)
+    cells = nb.cells
+    setup = next(
+        (i for i, c in enumerate(cells) if c.cell_type == "code" and COLAB_SETUP in c.source),
+        None,
+    )
+    if setup is not None:
+        hide = [setup]
+        before = cells[setup - 1] if setup > 1 else None  # cell 0 is the header
+        if before is not None and before.cell_type == "markdown" and "Colab" in before.source:
+            hide.append(setup - 1)
+        for i in hide:
+            _tag(cells[i], "remove-cell")
+    card = next(
+        (
+            i
+            for i, c in enumerate(cells)
+            if c.cell_type == "markdown" and "## Results card" in c.source
+        ),
+        None,
+    )
+    if card is not None and card + 1 < len(cells) and cells[card + 1].cell_type == "code":
+        _tag(cells[card + 1], "hide-input")
+    for cell in cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            out.get("data", {}).pop(WIDGET_VIEW, None)
+            html = out.get("data", {}).get("text/html")
+            if html is not None:
+                text = "".join(html) if isinstance(html, list) else html
+                out["data"]["text/html"] = CDN_ICONS.sub("", text)
+    return nb
+
+
+def _tag(cell: nbformat.NotebookNode, tag: str) -> None:
+    tags = cell.metadata.setdefault("tags", [])
+    if tag not in tags:
+        tags.append(tag)
 
 
 def stage(cfg: dict, profile: str, src: Path, root: Path = ROOT) -> None:
@@ -116,9 +185,13 @@ def stage(cfg: dict, profile: str, src: Path, root: Path = ROOT) -> None:
     for page in [cfg["intro"], *cfg.get("appendix", [])]:
         shutil.copy(root / page, src / Path(page).name)
     shutil.copy(root / cfg["bibliography"], src / "references.bib")
+    shutil.copytree(
+        root / "book" / "_ext", src / "_ext", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for rel in cfg["chapters"]:
         nb = nbformat.read(executed_copy(root / rel, profile, root), as_version=4)
         nb.metadata["mystnb"] = {"execution_mode": "off"}
+        for_the_book(nb)
         dst = src / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, dst)
