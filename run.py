@@ -8,6 +8,7 @@ virtual environment in ``.venv``.
     python3 run.py test      # set up, run the whole test suite (what CI runs)
     python3 run.py lab       # set up, open JupyterLab on the chapters
     python3 run.py student   # write notebooks without solutions into student/
+    python3 run.py grade SUBMISSIONS/  # run and check students' notebooks: grades/*.csv|md|html
     python3 run.py sync      # re-pair chapters/*/*.py with their .ipynb (jupytext)
     python3 run.py bench     # time every chapter per profile (benchmarks/)
     python3 run.py throughput  # training / sampling images/s of the image model
@@ -120,6 +121,16 @@ def cmd_student() -> None:
     sh(py, "-c", code, env=course_env())
 
 
+def cmd_grade() -> None:
+    """``grade SUBMISSIONS [--out DIR] [--timeout S] [--profile P] [--jobs N]
+    [--export-nbgrader DIR]``: see ``course_lib/grading.py``. Paths are taken relative
+    to where run.py was started, so this runs there and not in the repository."""
+    py = setup()
+    cmd = [str(py), "-m", "course_lib.grading", *sys.argv[2:]]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, env=course_env(), check=True)
+
+
 def cmd_sync() -> None:
     py = setup()
     sh(py, "-m", "jupytext", "--sync", *sorted(ROOT.glob("chapters/*/*.py")), env=course_env())
@@ -140,6 +151,7 @@ COMMANDS = {
     "test": cmd_test,
     "lab": cmd_lab,
     "student": cmd_student,
+    "grade": cmd_grade,
     "sync": cmd_sync,
     "bench": cmd_bench,
     "throughput": cmd_throughput,
