@@ -324,13 +324,15 @@ def inversion_study(
     x0: torch.Tensor,
     schedule: DiscreteSchedule,
     steps_list: Sequence[int],
+    eps_at: str = "source",
 ) -> list[InversionRow]:
-    """For each number of steps ``S``: ``x_T = ddim_invert(x0)`` then
+    """For each number of steps ``S``: ``x_T = ddim_invert(x0)`` (with the network
+    evaluated where ``eps_at`` says, see :func:`course_lib.ddim.ddim_invert`) then
     ``x0' = ddim_sample(x_T, eta = 0)`` on the same uniform grid, and the error
     ``sqrt(mean (x0' - x0)^2)`` averaged over the batch."""
     rows = []
     for s in steps_list:
-        z = ddim.ddim_invert(model, x0, schedule, int(s)).x
+        z = ddim.ddim_invert(model, x0, schedule, int(s), eps_at=eps_at).x
         back = ddim.ddim_sample(model, z, schedule, int(s)).x
         rmse = (back - x0).flatten(1).pow(2).mean(1).sqrt().mean()
         rows.append(InversionRow(int(s), float(rmse), float(z.std()), back.detach().cpu()))

@@ -5,6 +5,11 @@ Notation: ``t = 0`` is data, ``t in {1, ..., T}``, ``a_t = sqrt(alpha_bar_t)``,
 
     ``x_t = a_t x0 + s_t eps``  (DDPM eq. 4).
 
+In the text (and in DDPM), ``sigma_t`` is the *reverse-process* standard deviation,
+``sigma_t^2 = beta_t`` or ``beta_tilde_t``; the noise scale ``s_t`` is written out. The
+code name ``schedule.sigma`` is that noise scale ``sqrt(1 - alpha_bar_t)`` (kept for the
+later chapters, where ``sigma`` is a noise level), never the reverse std.
+
 Every network is called as ``model(x, t / T)`` with a float time in ``(0, 1]`` of shape
 ``(B,)`` (:func:`call_model`), so the same MLP or U-Net serves every chapter; a schedule
 respaced to fewer steps still calls it at the training-grid time. What the network
@@ -125,12 +130,18 @@ def posterior_coefficients(
     """The two weights of the posterior mean (DDPM eq. 7),
     ``c0 = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)`` on ``x0`` and
     ``ct = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)`` on ``x_t``."""
+    c0, ct = _posterior_weights(schedule)
+    return _at(c0, t, x), _at(ct, t, x)
+
+
+def _posterior_weights(schedule: DiscreteSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """``c0`` and ``ct`` of eq. 7 for every ``t``, float64 ``(T + 1,)``."""
     ab = schedule.alpha_bar
     ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
     one_minus = (1 - ab).clamp_min(torch.finfo(torch.float64).tiny)  # t = 0 is never used
     c0 = ab_prev.sqrt() * schedule.beta / one_minus
     ct = schedule.alpha.sqrt() * (1 - ab_prev) / one_minus
-    return _at(c0, t, x), _at(ct, t, x)
+    return c0, ct
 
 
 def q_posterior(
@@ -258,6 +269,8 @@ def loss(
     schedule: DiscreteSchedule,
     parameterization: str = "eps",
     generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The simple loss of DDPM Algorithm 1 (eq. 14), for any parameterization:
 
@@ -265,7 +278,10 @@ def loss(
 
     with ``target = eps``, ``x0`` or ``v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t)
     x0`` (Salimans & Ho 2022). The squared error is averaged over the batch *and* the
-    ``D`` data dimensions (so the value does not depend on the image size).
+    ``D`` data dimensions (so the value does not depend on the image size). Eq. 14 sums
+    over the dimensions, as do chapters 1-2's denoising score-matching losses
+    (:mod:`course_lib.score_matching`): this value is theirs divided by ``D``, so loss
+    values are not comparable across those chapters without that factor.
 
     Args:
         model: ``model(x, t / T)``.
@@ -273,13 +289,17 @@ def loss(
         schedule: the noise schedule (its steps are drawn uniformly).
         parameterization: ``"eps"``, ``"x0"`` or ``"v"``.
         generator: for ``t`` and ``eps``; must live on ``x0``'s device.
+        t, eps: given steps ``(B,)`` and noise instead of draws (chapter 9 draws them for
+            the global batch, so that a run does not depend on the number of processes).
 
     Returns:
         The scalar mean loss (differentiable).
     """
     check_parameterization(parameterization)
-    t = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=generator, device=x0.device)
-    eps = randn_like(x0, generator)
+    if t is None:
+        t = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=generator, device=x0.device)
+    if eps is None:
+        eps = randn_like(x0, generator)
     xt = q_sample(x0, t, schedule, eps)
     if parameterization == "eps":
         target = eps
@@ -288,6 +308,63 @@ def loss(
     else:
         target = v_from(x0, eps, t, schedule)
     return torch.mean((call_model(model, xt, t, schedule) - target) ** 2)
+
+
+def loss_weight(schedule: DiscreteSchedule, variance: str = "beta") -> torch.Tensor:
+    """The weight of the noise-prediction error in the bound's term ``L_{t-1}`` (DDPM
+    eq. 12), which the simple loss (eq. 14) drops:
+
+    ``lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t))``,
+
+    with the reverse variance ``sigma_t^2 = beta_t`` (``variance="beta"``: ``lambda_t =
+    beta_t / (2 alpha_t (1 - alpha_bar_t))``) or ``beta_tilde_t`` (``lambda_t = beta_t /
+    (2 alpha_t (1 - alpha_bar_{t-1}))``, infinite at ``t = 1``). Float64, shape ``(T + 1,)``
+    indexed by ``t``; entry 0 (no term) is ``nan``.
+    """
+    _check_variance(variance)
+    var = schedule.beta if variance == "beta" else schedule.beta_tilde
+    with torch.no_grad():
+        w = schedule.beta**2 / (2 * var * schedule.alpha * (1 - schedule.alpha_bar))
+    w[0] = math.nan
+    return w
+
+
+def reverse_kernel(
+    gm: GaussianMixture, schedule: DiscreteSchedule, t: int, s: int, x_t: torch.Tensor
+) -> GaussianMixture:
+    """The exact reverse kernel ``q(x_s | x_t)``, ``0 <= s < t``, for data ``x0 ~ gm``, at
+    one point ``x_t`` ``(D,)``: again a Gaussian mixture.
+
+    Given component ``k`` of the data, ``x_s ~ N(m_k, S_k)`` with ``m_k = sqrt(alpha_bar_s)
+    mu_k``, ``S_k = alpha_bar_s C_k + (1 - alpha_bar_s) I``, and the forward stride is
+    ``x_t = g x_s + sqrt(1 - g^2) z`` with ``g^2 = alpha_bar_t / alpha_bar_s``. Bayes with
+    two Gaussians (as for DDPM eqs. 6-7) gives
+
+    ``q(x_s | x_t) = sum_k r_k(x_t) N(x_s; P_k (S_k^{-1} m_k + g x_t / (1 - g^2)), P_k)``,
+    ``P_k = (S_k^{-1} + g^2 / (1 - g^2) I)^{-1}``,
+
+    with ``r_k(x_t)`` the responsibilities of the components under ``p_t``. It equals the
+    Gaussian posterior ``q(x_s | x_t, x0)`` averaged over ``p(x0 | x_t)``. For a one-step
+    stride ``P_k ~ beta_t I`` and the kernel is nearly one Gaussian (what DDPM's reverse
+    step assumes); for a long stride it has one mode per plausible component.
+    """
+    if not 0 <= s < t <= schedule.T:
+        raise ValueError(f"need 0 <= s < t <= {schedule.T}, got s = {s}, t = {t}")
+    x_t = torch.as_tensor(x_t, dtype=torch.float64).reshape(-1)
+    if x_t.shape[0] != gm.dim:
+        raise ValueError(f"x_t must be one point of dimension {gm.dim}, got {tuple(x_t.shape)}")
+    ab_t, ab_s = float(schedule.alpha_bar[t]), float(schedule.alpha_bar[s])
+    g2 = ab_t / ab_s
+    eye = torch.eye(gm.dim, dtype=torch.float64)
+    s_inv = torch.linalg.inv(ab_s * gm.covariances + (1 - ab_s) * eye)  # (K, D, D)
+    cov = torch.linalg.inv(s_inv + g2 / (1 - g2) * eye)
+    lin = torch.einsum("kij,kj->ki", s_inv, math.sqrt(ab_s) * gm.means)
+    lin = lin + math.sqrt(g2) / (1 - g2) * x_t
+    means = torch.einsum("kij,kj->ki", cov, lin)
+    r = gm.noised(math.sqrt(ab_t), math.sqrt(1 - ab_t)).responsibilities(x_t[None])[0]
+    # a component whose weight underflowed carries no mass; keep the mixture valid
+    weights = r.double().clamp_min(1e-300)
+    return GaussianMixture(weights, means, cov)
 
 
 # ---------------------------------------------------------------------- sampling
@@ -330,17 +407,48 @@ def ancestral_sample(
     """
     _check_variance(variance)
     check_parameterization(parameterization)
-    var = schedule.beta if variance == "beta" else schedule.beta_tilde
+    c = _step_coefficients(schedule, variance)
+    # the network's time input for every step, made once on x's device (no per-step
+    # indexing, host sync or validation: the loop below is all network calls)
+    dtype = torch.promote_types(x_T.dtype, torch.float32)
+    tau = schedule.timesteps.to(x_T.device).to(dtype) / schedule.train_T  # as call_model
     rec = Recorder(keep)
     x = x_T
     rec(x, int(schedule.timesteps[-1]))
     for t in range(schedule.T, 0, -1):
-        pred = predict(model, x, t, schedule, parameterization, clip_x0)
-        x = q_posterior(pred.x0, x, t, schedule).mean
+        out = model(x, tau[t].expand(x.shape[0]))
+        if out.shape != x.shape:
+            raise ValueError(f"the model returned shape {tuple(out.shape)} for x {tuple(x.shape)}")
+        a, s = c["sqrt_alpha_bar"][t], c["noise_scale"][t]
+        if parameterization == "eps":
+            x0 = (x - s * out) / a
+        elif parameterization == "x0":
+            x0 = out
+        else:
+            x0 = a * x - s * out
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        # mu_tilde(x0_hat, x_t) = c0 x0_hat + ct x_t (eq. 7), plus sigma_t z for t > 1
+        x = torch.add(c["ct"][t] * x, x0, alpha=c["c0"][t])
         if t > 1:
-            x = x + math.sqrt(float(var[t])) * randn_like(x, generator)
+            x = x.add_(randn_like(x, generator), alpha=c["std"][t])
         rec(x, int(schedule.timesteps[t - 1]), last=t == 1)
     return rec.result(x, nfe=schedule.T)
+
+
+def _step_coefficients(schedule: DiscreteSchedule, variance: str) -> dict[str, list[float]]:
+    """Per-step Python floats for a sampling loop, indexed by ``t``: ``sqrt(alpha_bar_t)``,
+    the noise scale ``sqrt(1 - alpha_bar_t)``, the posterior weights ``c0``, ``ct`` (eq. 7)
+    and the reverse std ``sigma_t = sqrt(beta_t)`` or ``sqrt(beta_tilde_t)``."""
+    c0, ct = _posterior_weights(schedule)
+    var = schedule.beta if variance == "beta" else schedule.beta_tilde
+    return {
+        "sqrt_alpha_bar": schedule.sqrt_alpha_bar.tolist(),
+        "noise_scale": schedule.sigma.tolist(),
+        "c0": c0.tolist(),
+        "ct": ct.tolist(),
+        "std": var.sqrt().tolist(),
+    }
 
 
 # ------------------------------------------------------------------ ground truth
@@ -376,9 +484,22 @@ def exact_model(
     def model(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         idx = step_index(schedule, batch_time(tau, x))
         a, s = schedule.sqrt_alpha_bar[idx], schedule.sigma[idx]
-        if (idx == idx[0]).all():  # one level for the batch: K factorisations, not B * K
-            a, s = a[0], s[0]
-        x0 = gm.optimal_denoiser(x, a, s)
+        levels, which = torch.unique(idx, return_inverse=True)
+        if levels.numel() == 1:  # one level for the batch: K factorisations, not B * K
+            x0 = gm.optimal_denoiser(x, a[0], s[0])
+        elif 8 * levels.numel() <= idx.numel():
+            # a few levels, many rows each (the bound's chunks): one call per level, with
+            # K factorisations each, instead of B * K small ones
+            order = torch.argsort(which)
+            sizes = torch.bincount(which, minlength=levels.numel()).tolist()
+            parts = [
+                gm.optimal_denoiser(x[rows.to(x.device)], a[rows[0]], s[rows[0]])
+                for rows in torch.split(order, sizes)
+            ]
+            x0 = torch.empty_like(x)
+            x0[order.to(x.device)] = torch.cat(parts)
+        else:
+            x0 = gm.optimal_denoiser(x, a, s)
         a_x, s_x = expand_like(a, x).to(x), expand_like(s, x).to(x)
         if parameterization == "x0":
             return x0

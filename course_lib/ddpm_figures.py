@@ -8,6 +8,9 @@
   digits and on a 2D toy (the widget's update function);
 * :func:`posterior_by_regression`: a Monte Carlo check of the posterior
   ``q(x_{t-1} | x_t, x0)``, found by linear regression of ``x_{t-1}`` on ``x_t``;
+* :func:`loss_weight_figure`: the weight of eq. 12 that the simple loss drops, over ``t``;
+* :func:`reverse_kernel_figure`: the exact reverse kernel ``q(x_s | x_t)`` of a
+  Gaussian-mixture twin for a short and a long stride (why Gaussian steps must be small);
 * :func:`predicted_x0_along` and :func:`reverse_strip`: the reverse process of an image
   model, ``x_t`` beside the network's guess of ``x0`` at several steps;
 * :func:`bound_breakdown` and :func:`bits_per_step`: the variational bound of
@@ -29,6 +32,7 @@ import torch
 from matplotlib.figure import Figure
 
 from course_lib import ddpm, evaluate, plotting, schedules, toys
+from course_lib.gaussian_mixture import GaussianMixture
 from course_lib.sampling import SampleResult
 from course_lib.schedules import DiscreteSchedule
 
@@ -164,6 +168,97 @@ def posterior_by_regression(
     intercept = float(x_prev.mean() - slope * x_t.mean())
     resid = x_prev - (slope * x_t + intercept)
     return PosteriorFit(slope, intercept, float(resid.var()))
+
+
+# ------------------------------------------------------------ the dropped weight
+def loss_weight_figure(schedule: DiscreteSchedule) -> Figure:
+    """The weight ``lambda_t`` of eq. 12 (:func:`course_lib.ddpm.loss_weight`) for both
+    reverse variances on a log scale, with ``1/(2t)`` for comparison; the simple loss
+    replaces it by 1."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    t = torch.arange(1, schedule.T + 1)
+    w_beta = ddpm.loss_weight(schedule, "beta")[1:]
+    w_tilde = ddpm.loss_weight(schedule, "beta_tilde")[2:]
+    ax.plot(t, w_beta, color=plotting.COLORS["model"], label="σ_t² = β_t")
+    ax.plot(t[1:], w_tilde, color=plotting.COLORS["truth"], ls="--", label="σ_t² = β̃_t")
+    ax.plot(t, 1 / (2 * t.double()), color=plotting.COLORS["data"], ls=":", label="1/(2t)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="step t",
+        ylabel="weight λ_t",
+        title="the weight of eq. 12 that the simple loss drops",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------ the exact reverse kernel
+@dataclass(frozen=True)
+class KernelPanel:
+    """One panel of :func:`reverse_kernel_figure`: the kernel ``q(x_s | x_t)``, the
+    variance ``beta_stride = 1 - alpha_bar_t / alpha_bar_s`` of DDPM's Gaussian step over
+    the stride, and ``mean_density_ratio``: the kernel's density at its own mean over its
+    largest density on the panel's grid (near 1 for one bump, near 0 when the mean falls
+    between modes)."""
+
+    s: int
+    kernel: GaussianMixture
+    beta_stride: float
+    mean_density_ratio: float
+
+
+def reverse_kernel_figure(
+    gm: GaussianMixture,
+    schedule: DiscreteSchedule,
+    x_t: torch.Tensor,
+    t: int,
+    strides: tuple[int, ...] = (1, 200),
+    n_grid: int = 150,
+) -> tuple[Figure, list[KernelPanel]]:
+    """The exact reverse kernel ``q(x_{t-k} | x_t)`` of a 2D Gaussian-mixture twin at one
+    point ``x_t``, for each stride ``k`` (:func:`course_lib.ddpm.reverse_kernel`), as a
+    heat map around the kernel. On each panel: the kernel's mean (a cross) and the circle
+    of radius ``2 sqrt(beta_stride)`` around it, the two-standard-deviation circle of a
+    Gaussian step with the exact mean and DDPM's variance for that stride."""
+    if gm.dim != 2:
+        raise ValueError(f"the figure draws 2D mixtures, got dimension {gm.dim}")
+    fig, axes = plotting.figure_row(len(strides), size=4.2)
+    panels = []
+    for ax, k in zip(axes, strides, strict=True):
+        s = t - k
+        kernel = ddpm.reverse_kernel(gm, schedule, t, s, x_t)
+        mean = kernel.mean()
+        half = 4 * float(torch.linalg.eigvalsh(kernel.covariance()).max().sqrt())
+        lim_x = (float(mean[0]) - half, float(mean[0]) + half)
+        lim_y = (float(mean[1]) - half, float(mean[1]) + half)
+        gx = torch.linspace(*lim_x, n_grid, dtype=torch.float64)
+        gy = torch.linspace(*lim_y, n_grid, dtype=torch.float64)
+        xx, yy = torch.meshgrid(gx, gy, indexing="xy")
+        dens = kernel.log_prob(torch.stack([xx.ravel(), yy.ravel()], 1)).exp().reshape(xx.shape)
+        ratio = float(kernel.log_prob(mean[None]).exp()[0] / dens.max())
+        beta_stride = 1 - float(schedule.alpha_bar[t] / schedule.alpha_bar[s])
+        ax.pcolormesh(xx.numpy(), yy.numpy(), dens.numpy(), cmap="Oranges", shading="auto")
+        ax.plot(float(mean[0]), float(mean[1]), "x", color=plotting.COLORS["model"], ms=9)
+        ax.add_patch(
+            plt.Circle(
+                (float(mean[0]), float(mean[1])),
+                2 * math.sqrt(beta_stride),
+                fill=False,
+                color=plotting.COLORS["model"],
+                ls="--",
+            )
+        )
+        ax.set(
+            xlim=lim_x,
+            ylim=lim_y,
+            aspect="equal",
+            title=f"q(x_{s} | x_{t}): {k}-step stride",
+        )
+        panels.append(KernelPanel(s, kernel, beta_stride, ratio))
+    fig.tight_layout()
+    return fig, panels
 
 
 # ------------------------------------------------------------ reverse process

@@ -8,6 +8,9 @@
 * the rules of improved NCSN (Song & Ermon 2020) to choose the noise levels and the step
   size: :func:`sigma_max_rule`, :func:`n_levels_rule`, :func:`step_size_rule`.
 
+Step sizes are ``h`` (``h_i`` at level ``i``) and the steps per level ``K``; the papers
+write ``ε`` and ``T``, letters the course keeps for Gaussian draws and chain lengths.
+
 Every sampler is a pure function returning a :class:`~course_lib.sampling.SampleResult`,
 runs under ``torch.no_grad()`` and draws its noise from an explicit ``generator``.
 """
@@ -162,7 +165,7 @@ def annealed_langevin(
     score_fn: NoiseScoreFn,
     x_init: torch.Tensor,
     sigmas: torch.Tensor | Sequence[float],
-    eps: float,
+    step_size: float,
     n_steps_each: int,
     generator: torch.Generator | None = None,
     keep: int | None = None,
@@ -170,22 +173,25 @@ def annealed_langevin(
 ) -> SampleResult:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1).
 
-    For ``i = 1 .. L`` (``σ_1 > ... > σ_L``), with step ``α_i = ε σ_i² / σ_L²``, run ``T``
+    For ``i = 1 .. L`` (``σ_1 > ... > σ_L``), with step ``h_i = h σ_i² / σ_L²``, run ``K``
     Langevin steps on ``p_{σ_i}``:
 
-    ``x ← x + (α_i / 2) s(x, σ_i) + √α_i z``,  ``z ~ N(0, I)``.
+    ``x ← x + (h_i / 2) s(x, σ_i) + √h_i z``,  ``z ~ N(0, I)``.
 
-    Scaling ``α_i ∝ σ_i²`` keeps the signal-to-noise ratio of the steps the same at every
-    level. With ``denoise_last``, one last step ``x ← x + σ_L² s(x, σ_L)`` (Tweedie's
-    posterior mean) removes the noise of level ``σ_L`` (Jolicoeur-Martineau et al. 2021;
-    Song & Ermon 2020, Appendix).
+    (The paper writes ``α_i = ε σ_i²/σ_L²`` and ``T`` steps per level; the course keeps
+    ``ε`` for Gaussian draws and ``T`` for chapter 3's chain length.) Scaling
+    ``h_i ∝ σ_i²`` keeps the step stable at every level and, where ``‖σ s‖ ≈ √D``, the
+    drift-to-noise ratio of a step constant. With ``denoise_last``, one last step
+    ``x ← x + σ_L² s(x, σ_L)`` (Tweedie's posterior mean) removes the noise of level ``σ_L``
+    (Jolicoeur-Martineau et al. 2021; Song & Ermon 2020, Appendix).
 
     Args:
         score_fn: ``s(x, σ) ≈ ∇ log p_σ(x)``, called with ``sigma`` of shape ``(B,)``.
         x_init: starting points, ``(B, ...)``, usually ``σ_1 · N(0, I)``.
         sigmas: noise levels, strictly descending.
-        eps: the base step ``ε > 0`` (the step at ``σ_L``); see :func:`step_size_rule`.
-        n_steps_each: ``T``, steps per level.
+        step_size: the base step ``h > 0`` (the step at ``σ_L``); see
+            :func:`step_size_rule`.
+        n_steps_each: ``K``, steps per level.
         generator: for ``z``.
         keep: record every ``keep``-th state; the recorded time is the noise level of the
             step that produced the state (``σ_1`` for ``x_init``, ``0`` for the denoised
@@ -193,27 +199,27 @@ def annealed_langevin(
         denoise_last: apply the final denoising step.
 
     Returns:
-        A :class:`SampleResult` with ``nfe = L T (+ 1 with denoise_last)``.
+        A :class:`SampleResult` with ``nfe = L K (+ 1 with denoise_last)``.
 
     Raises:
-        ValueError: sigmas not positive and strictly descending, ``eps <= 0`` or
+        ValueError: sigmas not positive and strictly descending, ``step_size <= 0`` or
             ``n_steps_each < 1``.
     """
     sigmas = _check_sigmas(sigmas)
-    _check_steps(eps, n_steps_each, "n_steps_each")
+    _check_steps(step_size, n_steps_each, "n_steps_each")
     rec = Recorder(keep)
     x = x_init.clone()
     rec(x, float(sigmas[0]))
     sigma_last = float(sigmas[-1])
-    nfe = 0
+    n_levels = len(sigmas)
     for i, sigma in enumerate(sigmas.tolist()):
-        alpha = eps * sigma**2 / sigma_last**2
+        h_i = step_size * sigma**2 / sigma_last**2
         sigma_b = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
-        for t in range(n_steps_each):
-            x = x + 0.5 * alpha * score_fn(x, sigma_b) + math.sqrt(alpha) * randn_like(x, generator)
-            nfe += 1
-            last = not denoise_last and i == len(sigmas) - 1 and t == n_steps_each - 1
+        for k in range(n_steps_each):
+            x = x + 0.5 * h_i * score_fn(x, sigma_b) + math.sqrt(h_i) * randn_like(x, generator)
+            last = not denoise_last and i == n_levels - 1 and k == n_steps_each - 1
             rec(x, sigma, last=last)
+    nfe = n_levels * n_steps_each
     if denoise_last:
         sigma_b = torch.full((x.shape[0],), sigma_last, dtype=x.dtype, device=x.device)
         x = x + sigma_last**2 * score_fn(x, sigma_b)
@@ -313,44 +319,45 @@ def n_levels_rule(sigma_max: float, sigma_min: float, dim: int, target: float = 
     return max(2, math.ceil(1 + math.log(sigma_max / sigma_min) / math.log(gamma_star) - 1e-9))
 
 
-def variance_ratio(eps: float, sigma_min: float, n_steps_each: int, gamma: float) -> float:
-    """``s_T² / σ_i²``: the variance after ``T`` steps of :func:`annealed_langevin` at level
+def variance_ratio(step_size: float, sigma_min: float, n_steps_each: int, gamma: float) -> float:
+    """``s_K² / σ_i²``: the variance after ``K`` steps of :func:`annealed_langevin` at level
     ``σ_i`` over the target's, when the data is a single point and the chain starts at
     the previous level's law ``N(0, σ_{i-1}² I)`` (Song & Ermon 2020, Prop. 3):
 
-    ``(1 − ε'/σ_L²)^{2T} (γ² − 2ε'/(σ_L² − σ_L²(1 − ε'/σ_L²)²)) + 2ε'/(σ_L² − σ_L²(1 −
-    ε'/σ_L²)²)``,  ``γ = σ_{i-1}/σ_i``.
+    ``(1 − h'/σ_L²)^{2K} (γ² − 2h'/(σ_L² − σ_L²(1 − h'/σ_L²)²)) + 2h'/(σ_L² − σ_L²(1 −
+    h'/σ_L²)²)``,  ``γ = σ_{i-1}/σ_i``
 
-    The paper's sampler steps ``x + α s + √(2α) z``; this module's (Song & Ermon 2019)
-    steps ``x + (α/2) s + √α z``; the two coincide for ``ε' = ε / 2``, which is used here.
-    The same for every level; equal to one for a perfect level.
+    (the paper writes ``ε`` for ``h'`` and ``T`` for ``K``). The paper's sampler steps
+    ``x + α s + √(2α) z``; this module's (Song & Ermon 2019) steps ``x + (h/2) s + √h z``;
+    the two coincide for ``h' = h / 2``, which is used here. The same for every level;
+    equal to one for a perfect level.
     """
-    r = eps / 2 / sigma_min**2  # ε'/σ_L²
+    r = step_size / 2 / sigma_min**2  # h'/σ_L²
     decay = (1 - r) ** (2 * n_steps_each)
     stationary = 2 * r / (1 - (1 - r) ** 2)  # s_∞²/σ_i², > 1: ULA's own bias
     return decay * (gamma**2 - stationary) + stationary
 
 
 def step_size_rule(sigma_min: float, n_steps_each: int, gamma: float) -> float:
-    """Technique 4 of improved NCSN (Song & Ermon 2020): given ``T`` (as large as the
-    budget allows), choose ``ε`` to make :func:`variance_ratio` as close to one as
-    possible.
+    """Technique 4 of improved NCSN (Song & Ermon 2020): given ``K`` (as large as the
+    budget allows), choose the base step ``h`` to make :func:`variance_ratio` as close to
+    one as possible.
 
     The ratio is a weighted average of ``γ² > 1`` (the start) and ULA's stationary
-    ``2/(2 − ε'/σ_L²) > 1``, so it is always above one: "as close as possible" is a
-    minimum, found numerically over ``log ε``. The optimum scales as ``σ_L²`` (the ratio
-    depends on ``ε/σ_L²`` only). For CIFAR-10 (``σ_L = 0.01``, ``T = 5``, 232 levels from
-    50) it gives ``ε' = 6.2e-6``, the paper's step (``ε = 1.24e-5`` here, see
+    ``2/(2 − h'/σ_L²) > 1``, so it is always above one: "as close as possible" is a
+    minimum, found numerically over ``log h``. The optimum scales as ``σ_L²`` (the ratio
+    depends on ``h/σ_L²`` only). For CIFAR-10 (``σ_L = 0.01``, ``K = 5``, 232 levels from
+    50) it gives ``h' = 6.2e-6``, the paper's step ``ε`` (``h = 1.24e-5`` here, see
     :func:`variance_ratio` for the factor 2).
 
     Args:
         sigma_min: ``σ_L``, the smallest noise level.
-        n_steps_each: ``T``.
+        n_steps_each: ``K``.
         gamma: ``σ_{i-1}/σ_i`` of the geometric sequence (from :func:`geometric_sigmas` or
             :func:`n_levels_rule`).
 
     Returns:
-        ``ε`` for :func:`annealed_langevin`.
+        ``h`` for :func:`annealed_langevin`.
     """
     if not sigma_min > 0:
         raise ValueError(f"sigma_min must be positive, got {sigma_min}")
@@ -359,7 +366,7 @@ def step_size_rule(sigma_min: float, n_steps_each: int, gamma: float) -> float:
     if not gamma > 1:
         raise ValueError(f"gamma = sigma_(i-1)/sigma_i must exceed 1, got {gamma}")
 
-    def objective(log_r: float) -> float:  # r = ε'/σ_L² in (0, 1)
+    def objective(log_r: float) -> float:  # r = h'/σ_L² in (0, 1)
         return variance_ratio(2 * math.exp(log_r) * sigma_min**2, sigma_min, n_steps_each, gamma)
 
     # a coarse grid brackets the minimum, Brent's method polishes it

@@ -10,7 +10,9 @@ everything else is derived from it (DDPM §2):
 
 * ``beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}`` and ``alpha_t = 1 - beta_t``, so that
   ``alpha_bar_t = prod_{s <= t} alpha_s``;
-* ``sigma_t = sqrt(1 - alpha_bar_t)``, the noise standard deviation of ``x_t``;
+* ``sigma = sqrt(1 - alpha_bar_t)`` (:attr:`DiscreteSchedule.sigma`), the noise scale of
+  ``x_t``. Only the code name: chapter 3's text writes the noise scale out and keeps
+  DDPM's ``sigma_t`` for the reverse-process standard deviation;
 * ``beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t``, the variance of the
   posterior ``q(x_{t-1} | x_t, x0)`` (DDPM eq. 7);
 * ``snr_t = alpha_bar_t / (1 - alpha_bar_t)`` and ``log_snr_t`` (Kingma et al. 2021).
@@ -127,7 +129,9 @@ class DiscreteSchedule:
 
     @property
     def sigma(self) -> torch.Tensor:
-        """``sigma_t = sqrt(1 - alpha_bar_t)``, the noise scale of ``x_t``."""
+        """``sqrt(1 - alpha_bar_t)``, the noise scale of ``x_t`` (the text writes it out;
+        DDPM's ``sigma_t`` is the reverse-process std, ``sigma_t^2 = beta_t`` or
+        ``beta_tilde_t``, which no schedule attribute holds)."""
         return (1 - self.alpha_bar).clamp_min(0).sqrt()
 
     @property

@@ -171,7 +171,9 @@ def test_inversion_reconstructs_its_input() -> None:
     x0 = gm.sample(300, _gen(9)).double()
     errors = []
     for steps in (10, 50, 250):
-        inv = ddim.ddim_invert(model, x0, LINEAR, steps, keep=1)
+        # the exact (smooth) model round-trips better at the destination step (see
+        # test_inversion_both_choices_of_the_evaluation_step)
+        inv = ddim.ddim_invert(model, x0, LINEAR, steps, keep=1, eps_at="destination")
         assert inv.nfe == steps and inv.times[0] == 0 and inv.times[-1] == 1000
         x_T = inv.x
         assert abs(float(x_T.std()) - 1) < 0.15  # latents look like N(0, I)
@@ -180,6 +182,31 @@ def test_inversion_reconstructs_its_input() -> None:
     print(f"inversion errors (10, 50, 250 steps): {errors}")
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 0.02  # the modes have std 0.1
+
+
+def test_inversion_both_choices_of_the_evaluation_step() -> None:
+    # decoding evaluates eps(x_{i+1}, t_{i+1}) on the step t_{i+1} -> t_i; for the exact
+    # (smooth) model, inverting with eps(x_i, t_{i+1}) (same time) is closer to its inverse
+    # than Euler's eps(x_i, t_i); for the MNIST U-Net it is the other way round (chapter 4),
+    # which is why "source" is the default
+    gm = toys.twin("moons")
+    model = ddpm.exact_model(gm, LINEAR)
+    x0 = gm.sample(200, _gen(30)).double()
+    err = {}
+    for eps_at in ddim.INVERSION_STEPS:
+        for steps in (10, 50):
+            x_T = ddim.ddim_invert(model, x0, LINEAR, steps, eps_at=eps_at).x
+            back = ddim.ddim_sample(model, x_T, LINEAR, steps).x
+            err[eps_at, steps] = float((back - x0).pow(2).mean().sqrt())
+    print(f"round-trip rmse: {err}")
+    for steps in (10, 50):
+        assert err["destination", steps] < 0.75 * err["source", steps]
+    assert err["source", 50] < err["source", 10] and err["destination", 50] < err["destination", 10]
+    # with one step both choices are the same (the first step has no model at t = 0)
+    one = [ddim.ddim_invert(model, x0, LINEAR, 1, eps_at=e).x for e in ddim.INVERSION_STEPS]
+    torch.testing.assert_close(one[0], one[1])
+    with pytest.raises(ValueError, match="eps_at"):
+        ddim.ddim_invert(model, x0, LINEAR, 5, eps_at="middle")
 
 
 def test_slerp() -> None:
@@ -236,3 +263,21 @@ def test_errors() -> None:
         ddim.ddim_sample(model, x, LINEAR, [500, 100])
     with pytest.raises(ValueError, match="n must"):
         ddim.interpolate(model, x, x, LINEAR, 10, n=1)
+
+
+def test_exercise_references_eta_one_is_ddpm_and_slerp_survives_parallel_rows() -> None:
+    from course_lib.exercises import ch04
+
+    # the reference of "ch04.ddim_coefficients" at eta = 1 is DDPM's posterior (eq. 7)
+    sched = linear_schedule(1000)
+    pair = respace(sched, [300, 500])
+    ab_prev, ab_t = float(pair.alpha_bar[1]), float(pair.alpha_bar[2])
+    c0, ct, sigma = ch04._ddim_coefficients(ab_t, ab_prev, 1.0)
+    x0, xt = torch.tensor([[0.7]], dtype=torch.float64), torch.tensor([[-0.2]], dtype=torch.float64)
+    post = ddpm.q_posterior(x0, xt, 2, pair)
+    assert c0 * 0.7 + ct * -0.2 == pytest.approx(float(post.mean), rel=1e-12)
+    assert sigma**2 == pytest.approx(float(post.variance), rel=1e-12)
+    # the naive slerp divides 0 by 0 for identical rows: the check must say so
+    result = ch04.check_slerp.run(ch04._naive_slerp)
+    assert result.status == "failed" and "parallel" in result.message
+    assert ch04.check_slerp.run(ch04._slerp).passed

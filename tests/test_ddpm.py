@@ -421,3 +421,99 @@ def test_errors() -> None:
         ddpm.elbo_terms(model, x0, LINEAR, decoder="logistic")
     with pytest.raises(ValueError, match="model returned"):
         ddpm.predict(lambda x, t: x[:, :1], x0, 5, LINEAR)
+
+
+# ------------------------------------------------------ issue 14: weight, kernel, speed
+def test_ancestral_sample_equals_the_step_by_step_reference() -> None:
+    # the loop with precomputed coefficients is Algorithm 2 written with predict and
+    # q_posterior, the same noise draws, every parameterization, with and without clipping
+    gm = toys.twin("moons")
+    schedule = respace(LINEAR, timesteps(1000, 30))
+    x_T = torch.randn(40, 2, generator=_gen(21), dtype=torch.float64)
+    for parameterization, variance, clip in [
+        ("eps", "beta", None),
+        ("x0", "beta_tilde", None),
+        ("v", "beta", 0.5),
+    ]:
+        model = ddpm.exact_model(gm, schedule, parameterization)
+        fast = ddpm.ancestral_sample(
+            model, x_T, schedule, variance, parameterization, _gen(22), clip_x0=clip
+        ).x
+        var = schedule.beta if variance == "beta" else schedule.beta_tilde
+        x, g = x_T, _gen(22)
+        for t in range(schedule.T, 0, -1):
+            pred = ddpm.predict(model, x, t, schedule, parameterization, clip)
+            x = ddpm.q_posterior(pred.x0, x, t, schedule).mean
+            if t > 1:
+                x = x + float(var[t]) ** 0.5 * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        torch.testing.assert_close(fast, x, rtol=1e-10, atol=1e-10)
+
+
+def test_loss_weight_is_eq12_and_spans_about_fifty_fold() -> None:
+    w = ddpm.loss_weight(LINEAR)
+    assert math.isnan(float(w[0]))
+    t = 400
+    beta, alpha, ab = (float(v[t]) for v in (LINEAR.beta, LINEAR.alpha, LINEAR.alpha_bar))
+    assert float(w[t]) == pytest.approx(beta**2 / (2 * beta * alpha * (1 - ab)), rel=1e-12)
+    # 1/(2t) near the data only; first-to-last ratio ~49, max/min ~100 (not 1000)
+    assert float(w[1]) == pytest.approx(0.5, rel=1e-3)
+    assert float(w[5]) == pytest.approx(1 / 10, rel=0.3)
+    assert float(w[100]) > 1.8 / 200
+    assert 45 < float(w[1] / w[1000]) < 55
+    assert 90 < float(w[1:].max() / w[1:].min()) < 110
+    wt = ddpm.loss_weight(LINEAR, "beta_tilde")
+    assert math.isinf(float(wt[1])) and (wt[2:] > w[2:]).all()
+    with pytest.raises(ValueError, match="variance"):
+        ddpm.loss_weight(LINEAR, "sigma")
+
+
+@pytest.mark.parametrize(("t", "s"), [(300, 299), (300, 100), (50, 10)])
+def test_reverse_kernel_is_a_density_and_matches_bayes(t: int, s: int) -> None:
+    gm = toys.twin("gaussians8")
+    x_t = torch.tensor([0.3, 0.2], dtype=torch.float64)
+    kernel = ddpm.reverse_kernel(gm, LINEAR, t, s, x_t)
+    # integrates to one on a grid that covers it
+    mean, cov = kernel.mean(), kernel.covariance()
+    half = 7 * float(torch.linalg.eigvalsh(cov).max().sqrt())
+    n = 401
+    gx = torch.linspace(float(mean[0]) - half, float(mean[0]) + half, n, dtype=torch.float64)
+    gy = torch.linspace(float(mean[1]) - half, float(mean[1]) + half, n, dtype=torch.float64)
+    xx, yy = torch.meshgrid(gx, gy, indexing="xy")
+    pts = torch.stack([xx.ravel(), yy.ravel()], 1)
+    mass = float(kernel.log_prob(pts).exp().sum() * (gx[1] - gx[0]) * (gy[1] - gy[0]))
+    assert mass == pytest.approx(1.0, abs=2e-3)
+    # Bayes: q(x_s | x_t) = q(x_t | x_s) p_s(x_s) / p_t(x_t), all in closed form
+    ab_t, ab_s = float(LINEAR.alpha_bar[t]), float(LINEAR.alpha_bar[s])
+    g2 = ab_t / ab_s
+    y = kernel.sample(6, _gen(23)).double()
+    log_fwd = torch.distributions.Normal(math.sqrt(g2) * y, math.sqrt(1 - g2)).log_prob(x_t).sum(1)
+    log_ps = gm.noised_log_prob(y, math.sqrt(ab_s), math.sqrt(1 - ab_s))
+    log_pt = gm.noised_log_prob(x_t[None], math.sqrt(ab_t), math.sqrt(1 - ab_t))
+    torch.testing.assert_close(kernel.log_prob(y), log_fwd + log_ps - log_pt, rtol=0, atol=1e-8)
+
+
+def test_reverse_kernel_is_the_posterior_averaged_over_x0_by_monte_carlo() -> None:
+    # x0 ~ p(x0 | x_t) by self-normalised importance sampling from the data, and DDPM's
+    # Gaussian posterior q(x_s | x_t, x0) on the respaced pair (s, t), averaged over x0
+    gm = toys.twin("gaussians8")
+    t, s = 300, 100
+    x_t = torch.tensor([0.3, 0.2], dtype=torch.float64)
+    ab_t = float(LINEAR.alpha_bar[t])
+    x0 = gm.sample(200_000, _gen(24)).double()
+    log_w = torch.distributions.Normal(math.sqrt(ab_t) * x0, math.sqrt(1 - ab_t)).log_prob(x_t)
+    w = torch.softmax(log_w.sum(1), 0)
+    pair = respace(LINEAR, [s, t])
+    post = ddpm.q_posterior(x0, x_t.expand_as(x0), 2, pair)
+    kernel = ddpm.reverse_kernel(gm, LINEAR, t, s, x_t)
+    y = kernel.sample(5, _gen(25)).double()
+    comp = torch.distributions.Normal(post.mean[:, None, :], post.variance.sqrt()[:, None, :])
+    mc = (w[:, None] * comp.log_prob(y[None]).sum(2).exp()).sum(0)
+    ess = float(1 / (w**2).sum())
+    assert ess > 20_000  # the weights are flat enough for a few-percent estimate
+    torch.testing.assert_close(mc.log(), kernel.log_prob(y), rtol=0, atol=0.05)
+    # its mean is E[x_s | x_t]; a 1-step kernel is one bump, a 200-step one is not
+    torch.testing.assert_close(kernel.mean(), (w[:, None] * post.mean).sum(0), atol=0.02, rtol=0)
+    with pytest.raises(ValueError, match="s < t"):
+        ddpm.reverse_kernel(gm, LINEAR, 100, 100, x_t)
+    with pytest.raises(ValueError, match="dimension"):
+        ddpm.reverse_kernel(gm, LINEAR, 300, 100, torch.zeros(3))

@@ -12,6 +12,7 @@ import torch
 
 from course_lib import ddpm, schedules, toys
 from course_lib import ddpm_figures as dfig
+from course_lib.gaussian_mixture import GaussianMixture
 from course_lib.sampling import SampleResult
 
 
@@ -143,3 +144,30 @@ def test_nearest_figure_finds_copies():
     fig, dist = dfig.nearest_figure(samples, train, n=3)
     assert dist.shape == (3,) and float(dist.max()) < 0.1
     assert len(fig.axes[0].get_xticks()) == 3
+
+
+def test_loss_weight_figure_draws_both_variances_and_the_hint():
+    fig = dfig.loss_weight_figure(schedules.linear_schedule(1000))
+    lines = fig.axes[0].lines
+    assert len(lines) == 3
+    # the beta curve is eq. 12's weight: 0.5 at t = 1, about 0.01 at t = T
+    y = lines[0].get_ydata()
+    assert y[0] == pytest.approx(0.5, rel=1e-3) and y[-1] == pytest.approx(0.0102, rel=0.02)
+
+
+def test_reverse_kernel_figure_one_bump_then_many():
+    gm = toys.twin("gaussians8")
+    lin = schedules.linear_schedule(1000)
+    fig, panels = dfig.reverse_kernel_figure(gm, lin, torch.tensor([0.3, 0.2]), 300, n_grid=80)
+    assert len(fig.axes) == 2 and [p.s for p in panels] == [299, 100]
+    short, long = panels
+    # one step: the kernel is nearly DDPM's Gaussian, its mean is its mode, its variance
+    # close to beta_t; 200 steps: the mean lies between the modes, where it has little mass
+    assert short.mean_density_ratio == pytest.approx(1.0, abs=0.02)
+    var = torch.linalg.eigvalsh(short.kernel.covariance())
+    assert torch.allclose(var, torch.full_like(var, short.beta_stride), rtol=0.05)
+    assert long.mean_density_ratio < 0.2
+    with pytest.raises(ValueError, match="2D"):
+        dfig.reverse_kernel_figure(
+            GaussianMixture.isotropic([1.0], [[0.0]], 1.0), lin, torch.zeros(1), 10
+        )

@@ -133,8 +133,8 @@ def test_annealed_langevin_with_exact_scores_matches_toys(
     sigma_max = sigma_max_rule(gm.sample(5000, gen(0)), generator=gen(0))
     sigmas = geometric_sigmas(sigma_max, sigma_min, n_levels)
     x_init = sigma_max * torch.randn(n, 2, generator=gen(1))
-    eps = 1.0 * sigma_min**2  # α_i = σ_i²: a step of the size of the noise level
-    x = annealed_langevin(exact_noised_score(gm), x_init, sigmas, eps, n_steps_each, gen(2)).x
+    h = 1.0 * sigma_min**2  # h_i = σ_i²: a step of the size of the noise level
+    x = annealed_langevin(exact_noised_score(gm), x_init, sigmas, h, n_steps_each, gen(2)).x
     g_floor = gen(4)  # a seeded floor: the test is deterministic
     floor = metrics.floor(lambda m: gm.sample(m, g_floor), n, repeats=5)["mmd"]
     mmd = metrics.mmd(x, gm.sample(n, gen(3)))
@@ -239,40 +239,40 @@ def test_n_levels_rule_meets_the_overlap_criterion() -> None:
 
 def test_step_size_rule_reproduces_improved_ncsn_cifar10() -> None:
     gamma = 5000 ** (1 / 231)  # CIFAR-10: 232 levels from 50 to 0.01, T = 5
-    eps = step_size_rule(0.01, 5, gamma)
-    # the paper's step 6.2e-6 is for x + α s + √(2α) z, i.e. ε = 2 × 6.2e-6 here
-    assert eps == pytest.approx(2 * 6.2e-6, rel=0.02)
-    ratio = variance_ratio(eps, 0.01, 5, gamma)
+    h = step_size_rule(0.01, 5, gamma)
+    # the paper's step 6.2e-6 is for x + α s + √(2α) z, i.e. h = 2 × 6.2e-6 here
+    assert h == pytest.approx(2 * 6.2e-6, rel=0.02)
+    ratio = variance_ratio(h, 0.01, 5, gamma)
     assert 1 < ratio < 1.06  # close to one; exactly one is out of reach (a minimum)
     for factor in (0.9, 1.1):
-        assert variance_ratio(eps * factor, 0.01, 5, gamma) > ratio
-    # the optimum depends on ε/σ_L² only
-    assert step_size_rule(0.1, 5, gamma) == pytest.approx(100 * eps, rel=1e-6)
+        assert variance_ratio(h * factor, 0.01, 5, gamma) > ratio
+    # the optimum depends on h/σ_L² only
+    assert step_size_rule(0.1, 5, gamma) == pytest.approx(100 * h, rel=1e-6)
     # more steps per level: a smaller step gets closer to one
-    eps_100 = step_size_rule(0.01, 100, gamma)
-    assert eps_100 < eps and variance_ratio(eps_100, 0.01, 100, gamma) < ratio
+    h_100 = step_size_rule(0.01, 100, gamma)
+    assert h_100 < h and variance_ratio(h_100, 0.01, 100, gamma) < ratio
 
 
 def test_variance_ratio_matches_annealed_langevin_on_a_point_mass() -> None:
     """The data is a point at 0, so p_σ = N(0, σ²): start at level i − 1's law and run the
-    module's sampler for T steps at level i; the variance ratio is Prop. 3 of improved
+    module's sampler for K steps at level i; the variance ratio is Prop. 3 of improved
     NCSN in this module's step convention."""
     n, n_steps, gamma, sigma_min = 100_000, 3, 1.5, 0.1
-    eps = 0.3 * sigma_min**2  # large enough for the ratio to differ from 1 and from γ²
+    h = 0.3 * sigma_min**2  # large enough for the ratio to differ from 1 and from γ²
     sigmas = torch.tensor([gamma * sigma_min, sigma_min], dtype=torch.float64)
     x_init = gamma**2 * sigma_min * torch.randn(n, 1, generator=gen(0))  # σ_0 = γ σ_1
 
     def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return -x / sigma[:, None] ** 2
 
-    res = annealed_langevin(score, x_init, sigmas, eps, n_steps, gen(1), keep=1, denoise_last=False)
-    expected = variance_ratio(eps, sigma_min, n_steps, gamma)
-    # after the T steps of the first level (not the last: α_1 = ε σ_1² / σ_L² is tested)
+    res = annealed_langevin(score, x_init, sigmas, h, n_steps, gen(1), keep=1, denoise_last=False)
+    expected = variance_ratio(h, sigma_min, n_steps, gamma)
+    # after the K steps of the first level (not the last: h_1 = h σ_1² / σ_L² is tested)
     v = float(res.trajectory[n_steps].var()) / float(sigmas[0]) ** 2
     assert abs(v - expected) < N_SE * var_se(expected, n), (v, expected)
     assert abs(expected - 1) > 10 * var_se(expected, n) and abs(expected - gamma**2) > 0.5
     # the final step is Tweedie's denoiser E[x | x̃] = x̃ + σ_L² s(x̃, σ_L), here exactly 0
-    res = annealed_langevin(score, x_init, sigmas, eps, n_steps, gen(1))
+    res = annealed_langevin(score, x_init, sigmas, h, n_steps, gen(1))
     assert res.x.abs().max() < 1e-6
 
 
@@ -299,9 +299,9 @@ def test_ncsn_end_to_end_on_moons() -> None:
         progress=False,
     )
     x_init = sigma_max * torch.randn(n, 2, generator=gen(3))
-    eps = sigma_min**2
-    learned = annealed_langevin(result.best, x_init, sigmas, eps, 10, gen(4)).x
-    exact = annealed_langevin(exact_noised_score(gm), x_init, sigmas, eps, 10, gen(4)).x
+    h = sigma_min**2
+    learned = annealed_langevin(result.best, x_init, sigmas, h, 10, gen(4)).x
+    exact = annealed_langevin(exact_noised_score(gm), x_init, sigmas, h, 10, gen(4)).x
     ref = gm.sample(n, gen(5))
     g_floor = gen(4)  # a seeded floor: the test is deterministic
     floor = metrics.floor(lambda m: gm.sample(m, g_floor), n, repeats=5)["mmd"]

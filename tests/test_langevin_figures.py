@@ -63,7 +63,7 @@ def test_ula_from_a_broad_start_keeps_the_wrong_weights_and_annealing_fixes_them
         lf.exact_noise_score(gm),
         6.0 * torch.randn(1000, 2, generator=g),
         sigmas,
-        eps=1.25e-3,  # a step of 0.5 sigma_i^2 at every level
+        step_size=1.25e-3,  # a step of 0.5 sigma_i^2 at every level
         n_steps_each=30,
         generator=g,
     ).x

@@ -233,9 +233,46 @@ plt.show()
 # What to notice. The arrows (normalised to show direction; colour is the log of the
 # length) point towards the nearest high-density region. Far away, the field is almost
 # radial and very strong: the score of a Gaussian grows linearly with the distance. On
-# the ridge between two components the arrows split. The score says nothing about *how
-# much* mass a mode holds — a fact that will come back to haunt plain Langevin sampling in
-# chapter 2.
+# the ridge between two components the arrows split. *Inside* a mode the score hardly
+# depends on how much mass the mode holds: there $r_k(x) \approx 1$, and the field is that
+# of the component alone, whatever $w_k$. The weights enter only where the
+# responsibilities are mixed, on the ridges between modes, where they decide which way
+# the arrows turn. A field that carries the weights only in the regions a sampler rarely
+# visits will come back to haunt plain Langevin sampling in chapter 2.
+#
+# ### Exercise 0.1: the score of a mixture
+#
+# Derive the formula above for isotropic components: differentiate
+# $\log p(x) = \log \sum_k w_k\, \mathcal N(x; \mu_k, \tau_k^2 I)$ with the chain rule,
+# and write `mixture_score(x, weights, means, stds)` for points `x` `(B, D)`, weights
+# `(K,)`, means `(K, D)` and standard deviations $\tau_k$ `(K,)`. (Compute the
+# responsibilities from log densities with a softmax: the densities themselves
+# underflow far from the modes.)
+
+
+# %% tags=["exercise"]
+def mixture_score(x, weights, means, stds):
+    # YOUR CODE HERE: return the score of the mixture at every point, shape (B, D)
+    raise NotImplementedError
+
+
+# %%
+ch00.check_mixture_score(mixture_score)
+
+
+# %% tags=["solution", "hide-input"]
+def mixture_score(x, weights, means, stds):
+    diff = means[None] - x[:, None]  # (B, K, D): mu_k - x
+    var = stds**2
+    log_joint = torch.log(weights) - 0.5 * diff.pow(2).sum(-1) / var - x.shape[1] * torch.log(stds)
+    r = torch.softmax(log_joint, dim=1)  # responsibilities r_k(x), (B, K)
+    return (r[..., None] * diff / var[None, :, None]).sum(1)
+
+
+ch00.check_mixture_score(mixture_score)
+
+# %% [markdown]
+# The course's `GaussianMixture.score` is the same formula with full covariances.
 #
 # ## Noising a mixture in closed form
 #
@@ -247,7 +284,10 @@ plt.show()
 #
 # where $x_0$ is a data point and $a$ (a signal scale) and $s$ (a noise scale) depend on
 # the time $t$ of the process. Chapter 3 calls them $\sqrt{\bar\alpha_t}$ and
-# $\sqrt{1-\bar\alpha_t}$; chapter 5 sets $a = 1$, $s = \sigma$.
+# $\sqrt{1-\bar\alpha_t}$; chapters 1–2 set $a = 1$, $s = \sigma$. (Careful when you
+# reach chapter 5: EDM's $s(t)$ is a *signal* scale, $x = s(t)\,(x_0 + \sigma(t)\varepsilon)$,
+# so there $a = s(t)$ and this chapter's $s$ is $s(t)\,\sigma(t)$. The notation page of
+# the book lists every letter.)
 #
 # Now the key fact. Condition on the component: if $x_0 \mid k \sim \mathcal N(\mu_k, C_k)$,
 # then $a x_0 + s\varepsilon$ is a linear map of two independent Gaussians, hence Gaussian,
@@ -260,7 +300,7 @@ plt.show()
 # for a mixture — density, samples, score — we can therefore compute at *every* noise
 # level, exactly.
 #
-# ### Exercise 0.1: the noised components
+# ### Exercise 0.2: the noised components
 #
 # Write `noised_parameters(means, covariances, a, s)` that returns the means `(K, D)` and
 # covariances `(K, D, D)` of the components of $a x_0 + s \varepsilon$.
@@ -299,7 +339,7 @@ print("noised covariance of component 0:")
 print([[round(v, 4) for v in row] for row in noised.covariances[0].tolist()])
 
 # %% [markdown]
-# ### Exercise 0.2: predict before you run
+# ### Exercise 0.3: predict before you run
 #
 # Take a toy whose coordinates have standard deviation 1 and add standard normal noise,
 # $x_0 + \varepsilon$ (so $a = s = 1$). **Before running the next cells**, predict the
@@ -494,13 +534,22 @@ except ValueError as err:
 # ## Results card
 
 # %%
+from course_lib.show import results_card
+
 elapsed = time.perf_counter() - chapter_start
 worst = max(rows, key=lambda r: r[1] / r[2])
-print(f"{'run':<28} {cfg.describe()}")
-print(f"{'chapter wall time':<28} {elapsed:.1f} s")
-print(f"{'samples per toy (MMD)':<28} {n_eval}")
-print(f"{'worst twin (MMD / floor)':<28} {worst[0]}: {worst[1] / worst[2]:.2f}x")
-print(f"{'quality: mean twin MMD / floor':<28} {sum(r[1] / r[2] for r in rows) / len(rows):.2f}x")
+results_card(
+    [
+        ("run", cfg.describe()),
+        ("chapter wall time", f"{elapsed:.1f} s"),
+        ("samples per toy (MMD)", f"{n_eval}"),
+        ("worst twin (MMD / floor)", f"{worst[0]}: {worst[1] / worst[2]:.2f}x"),
+        (
+            "quality: mean twin MMD / floor",
+            f"{sum(r[1] / r[2] for r in rows) / len(rows):.2f}x",
+        ),
+    ]
+)
 
 # %% [markdown]
 # An MMD ratio near one means the twin is indistinguishable from the toy with this many

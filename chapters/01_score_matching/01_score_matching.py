@@ -151,8 +151,12 @@ plt.show()
 # What to notice: the score is zero at each mode *and* at the valley between them (the
 # local minimum of $p$), positive to the left of a mode, negative to its right. It is
 # steeper around the narrow right mode than around the wide left one, and it grows
-# without bound in the tails. The score of the weak mode (weight 0.3) is just as strong
-# as that of the heavy one: mode *weights* barely show in the score.
+# without bound in the tails. The narrow mode is also the weak one (weight 0.3), and its
+# score is the *steeper* of the two: near a mode the slope is $-1/\tau_k^2$ for a
+# component of standard deviation $\tau_k$, set by its width, not by its weight. The
+# weights show only between the modes, through the responsibilities: a heavier mode
+# pushes the zero in the valley towards the lighter one. Inside a mode the weight is
+# invisible.
 #
 # Fact 3 on the moons twin, by Monte Carlo:
 
@@ -464,7 +468,43 @@ print(f"Rademacher estimates of tr J: {[round(v, 4) for v in five.tolist()]}")
 # $2\sum_i J_{ii}^2$ on top. That is why `divergence` defaults to Rademacher probes. A
 # learned score is not exactly symmetric, but close.
 #
-# Training with the Hutchinson trace changes one argument:
+# ### Exercise 1.2: implicit score matching with a Hutchinson trace
+#
+# Put the two results together. Write `ism_hutchinson(score_fn, x, v)`: the implicit
+# score matching loss of a batch `x` `(B, D)` with the trace of each sample's Jacobian
+# replaced by one Hutchinson estimate along the given probe `v` `(B, D)`, averaged over
+# the batch. It must be a loss you can train with: its gradient with respect to the
+# model's parameters has to include the trace term. (Hint: $v^\top J v = v^\top \nabla_x(v^\top s_\theta)$;
+# the sum over the batch of $v_b^\top s_\theta(x_b)$ gives every sample's product in one
+# `torch.autograd.grad` call, because sample $b$'s output depends on sample $b$'s input
+# alone.) The check compares the value *and* the parameter gradients with the
+# reference on a small network with Gaussian probes.
+
+
+# %% tags=["exercise"]
+def ism_hutchinson(score_fn, x, v):
+    # YOUR CODE HERE: return mean over b of v_bᵀ ∇s(x_b) v_b + ½‖s(x_b)‖²
+    raise NotImplementedError
+
+
+# %%
+ch01.check_ism_hutchinson(ism_hutchinson)
+
+
+# %% tags=["solution", "hide-input"]
+def ism_hutchinson(score_fn, x, v):
+    x = x.detach().requires_grad_(True)
+    s = score_fn(x)
+    # create_graph: the trace term must stay differentiable in the parameters
+    (vjp,) = torch.autograd.grad((s * v).sum(), x, create_graph=True)
+    return ((vjp * v).sum(1) + 0.5 * s.pow(2).sum(1)).mean()
+
+
+ch01.check_ism_hutchinson(ism_hutchinson)
+
+# %% [markdown]
+# The course's `implicit_score_matching` does the same with Rademacher probes when asked
+# for `"hutchinson"`. Training with the Hutchinson trace changes one argument:
 
 # %%
 clean["implicit-hutchinson"] = train.train(
@@ -689,11 +729,17 @@ for name, result in clean.items():
 # the *best* model is not zero: from the last display,
 # $\min_\theta J_\text{DSM} = C_2 - C_1 = \tfrac12\big(D/\sigma^2 - \mathbb E_{p_\sigma}\|\nabla\log p_\sigma\|^2\big)$,
 # the part of the noise that the noisy point does not reveal. A DSM loss curve flattens
-# at this floor, not at zero — a frequent source of confusion. Third, the floor grows like
-# $D/(2\sigma^2)$ as $\sigma \to 0$: the regression target explodes and the gradient
-# noise with it, so DSM at a tiny noise level is as hard as it sounds.
+# at this floor, not at zero — a frequent source of confusion. Third, the floor explodes
+# as $\sigma \to 0$, and how fast depends on the data. If the data have a smooth density,
+# $\mathbb E_{p_\sigma}\|\nabla\log p_\sigma\|^2$ tends to the finite $\mathbb E_p\|\nabla\log p\|^2$
+# and the floor grows like $D/(2\sigma^2)$. If they lie on a $d$-dimensional manifold
+# (digits, roughly), the noisy point reveals the $D - d$ components of the noise normal
+# to it, $\mathbb E\|\nabla\log p_\sigma\|^2 \approx (D - d)/\sigma^2$, and the floor grows
+# like $d/(2\sigma^2)$ instead: what stays unpredictable is the noise *along* the data.
+# Either way the regression target explodes and the gradient noise with it, so DSM at a
+# tiny noise level is as hard as it sounds.
 #
-# ### Exercise 1.2: the floor of the DSM loss
+# ### Exercise 1.3: the floor of the DSM loss
 #
 # Take data $p = \mathcal N(0, I)$ in $D = 2$ and $\sigma = 1$. Compute the smallest value
 # of $J_\text{DSM}$ with the formula above. (Hint: what is $p_\sigma$?)
@@ -709,7 +755,7 @@ my_floor = 0.5 * (2 / 1**2 - 1.0)  # p_σ = N(0, 2I): E‖∇log p_σ‖² = E�
 ch01.check_dsm_floor(my_floor)
 
 # %% [markdown]
-# ### Exercise 1.3: write the DSM loss
+# ### Exercise 1.4: write the DSM loss
 #
 # Write `dsm_loss(score_fn, x, sigma, eps)`, the boxed formula for a batch `x` of shape
 # `(B, D)`, a given noise draw `eps` of the same shape, and a noise level `sigma` (a
@@ -848,8 +894,12 @@ print(f"DSM loss of the trained model: {dsm_final:.3f}   minimum: {dsm_floor:.3f
 # order one. (This is already the "$\varepsilon$-prediction" of DDPM, chapter 3.) In
 # practice one level is drawn at random for each sample of the batch, which is an
 # unbiased estimate of the average. The levels are spaced geometrically, so that each
-# noised density overlaps the next one; the largest should be comparable to the spread of
-# the data, the smallest below the finest detail we care about.
+# noised density overlaps the next one; the smallest should be below the finest detail we
+# care about. How large the largest must be depends on the use. A *sampler* that starts
+# from noise needs it to reach across the whole data set: about the largest distance
+# between two training points (improved NCSN's technique 1, chapter 2), some 4.4 for the
+# moons. This chapter only studies what each level learns, so it stops at
+# $\sigma = 1.58$, about the data's standard deviation; chapter 2's sampler goes higher.
 
 # %%
 course_lib.show(sm.multi_noise_dsm)
@@ -981,7 +1031,7 @@ for sigma, bias, error, cover in rows:
 # convenient. Note the $\sigma^2$: a step of $\sigma$, a common slip, gives the right
 # direction and the wrong distance.
 #
-# ### Exercise 1.4: Tweedie's denoiser
+# ### Exercise 1.5: Tweedie's denoiser
 #
 # Write `tweedie(x_tilde, sigma, score_fn)` returning $\mathbb E[x\mid\tilde x]$, where
 # `score_fn(x_tilde)` returns $\nabla\log p_\sigma(\tilde x)$. The check compares your
@@ -1223,8 +1273,9 @@ lines += [
         f"{img_steps} steps, {count_parameters(img_model):,} parameters, {img_run.seconds:.0f} s",
     ),
 ]
-for key, value in lines:
-    print(f"{key:<52} {value}")
+from course_lib.show import results_card
+
+results_card(lines)
 
 # %% [markdown]
 # The toy figures sit beside the exact model's: a relative error of 0 and a loss ratio of

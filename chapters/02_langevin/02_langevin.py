@@ -130,13 +130,13 @@ ula_run = langevin.ula(
 
 sigma_1 = langevin.sigma_max_rule(gm2.sample(4000, generator), generator=generator)
 sigmas_2 = langevin.geometric_sigmas(sigma_1, 0.05, 20)  # noise levels, largest first
-steps_2 = cfg.pick(smoke=10, cpu=40, gpu=40)  # Langevin steps per level
-eps_2 = langevin.step_size_rule(0.05, steps_2, float(sigmas_2[0] / sigmas_2[1]))
+steps_2 = cfg.pick(smoke=10, cpu=40, gpu=40)  # Langevin steps per level, K
+h_2 = langevin.step_size_rule(0.05, steps_2, float(sigmas_2[0] / sigmas_2[1]))  # base step
 annealed_run = langevin.annealed_langevin(
     lf.exact_noise_score(gm2),
     sigma_1 * torch.randn(n_chains, 2, generator=generator),
     sigmas_2,
-    eps_2,
+    h_2,
     steps_2,
     generator=generator,
 )
@@ -237,10 +237,12 @@ print(
 #   is exponentially small in the depth of the valley. That is the motivating picture in
 #   one line.
 #
-# A note on conventions: Song & Ermon {cite}`song2019ncsn` and many texts write the same
-# equation as $dx = \nabla\log p\,dt + \sqrt2\,dW$. It has the same paths, run twice as
-# fast ($t \mapsto 2t$). The course keeps the factor $\frac12$ so that the discrete step
-# below reads exactly like NCSN's sampler.
+# A note on conventions: improved NCSN {cite}`song2020improved`, Yang Song's blog
+# {cite}`song2021blog` and many texts write the same equation as
+# $dx = \nabla\log p\,dt + \sqrt2\,dW$. It has the same paths, run twice as fast
+# ($t \mapsto 2t$), and its Euler step reads $x + h\nabla\log p + \sqrt{2h}\,z$. The
+# original NCSN paper {cite}`song2019ncsn` writes the factor $\frac12$, and so does the
+# course, so that the discrete step below reads exactly like the paper's Algorithm 1.
 #
 # ### The unadjusted Langevin algorithm
 #
@@ -258,6 +260,16 @@ print(
 # the noise by order $\sqrt h$. For small steps the noise dominates each single step; the
 # drift wins only on average, over many steps. Here is the course's implementation; it
 # records every `keep`-th state for plots.
+#
+# ```{admonition} Notation: the step is h, the steps per level K
+# :class: note
+# The papers of this chapter write the Langevin step size $\epsilon$ (Welling & Teh, NCSN,
+# improved NCSN) and annealed Langevin's number of steps per level $T$. In this course
+# $\varepsilon$ is always a standard Gaussian draw (the noise of denoising score matching)
+# and $T$ is the length of chapter 3's chain, so the step is $h$ ($h_i$ at noise level
+# $\sigma_i$) and the number of steps per level is $K$. The {doc}`notation page <notation>`
+# lists every letter of the course.
+# ```
 
 # %%
 course_lib.show(langevin.ula)
@@ -345,6 +357,38 @@ print(
 
 # %%
 course_lib.show(langevin.mala)
+
+# %% [markdown]
+# ### Exercise 2.3: MALA's acceptance ratio
+#
+# Derive the log of the Metropolis–Hastings ratio for a MALA move $x \to y$ and write it
+# as `mala_log_accept(x, y, log_prob_fn, score_fn, h)`: for points `x`, `y` of shape
+# `(B, D)` it returns, per chain, $\log\frac{p(y)\,q(x\mid y)}{p(x)\,q(y\mid x)}$ (before
+# the $\min(1, \cdot)$), where `log_prob_fn` gives $\log p$ up to a constant and
+# `score_fn` its gradient. Write out $\log q$ from the Gaussian density and decide which
+# constants cancel. The check uses a double-well target, for which a wrong ratio gives
+# wrong numbers at once.
+
+
+# %% tags=["exercise"]
+def mala_log_accept(x, y, log_prob_fn, score_fn, h):
+    # YOUR CODE HERE: return log[p(y) q(x | y) / (p(x) q(y | x))], shape (B,)
+    raise NotImplementedError
+
+
+# %%
+ch02.check_mala_log_accept(mala_log_accept)
+
+
+# %% tags=["solution", "hide-input"]
+def mala_log_accept(x, y, log_prob_fn, score_fn, h):
+    def log_q(to, frm):  # log N(to; frm + (h/2) score(frm), h I), its constant cancels
+        return -(to - frm - 0.5 * h * score_fn(frm)).pow(2).sum(1) / (2 * h)
+
+    return log_prob_fn(y) - log_prob_fn(x) + log_q(x, y) - log_q(y, x)
+
+
+ch02.check_mala_log_accept(mala_log_accept)
 
 # %% [markdown]
 # Let us measure both on $\mathcal N(0, 1)$: twenty thousand chains started at exact
@@ -468,7 +512,7 @@ widgets.interact(
 # are *the same field*. The weights enter the score only where the responsibilities
 # $r_k(x)$ are mixed — in the valley between the modes, exactly where almost no chain
 # ever goes. A chain that starts in a basin explores that basin perfectly and reports it
-# with the weight of its *starting* points. Song & Ermon {cite}`song2019ncsn` (Section 3.2)
+# with the weight of its *starting* points. Song & Ermon {cite}`song2019ncsn` (Section 3.2.2)
 # make the same point with the mixture $\frac15\mathcal N((-5,-5), I) + \frac45\mathcal N((5,5), I)$.
 #
 # How long would the chains need? A chain crosses a valley at a rate roughly proportional
@@ -518,9 +562,9 @@ plt.show()
 # $\mathbb E_{p}\|s_\theta(x) - \nabla\log p(x)\|^2$: the error is weighted by $p$ itself.
 # Where $p$ is tiny — in the valleys between modes, and everywhere far from the data,
 # which in 784 dimensions is almost everywhere — the network is never told what to do.
-# A chain started from noise begins exactly there. Song & Ermon (Section 3.2.1 of
-# {cite}`song2019ncsn`) show the learned field is accurate only near the data, and that
-# Langevin dynamics driven by it mixes poorly or not at all. A third, related problem is
+# A chain started from noise begins exactly there. Song & Ermon {cite}`song2019ncsn` show
+# that the learned field is accurate only near the data (their Section 3.2.1) and that
+# Langevin dynamics mixes poorly between separated modes (Section 3.2.2). A third, related problem is
 # the *manifold hypothesis*: images concentrate near a low-dimensional set, where
 # $\nabla \log p$ is not even defined in the ambient space.
 #
@@ -568,34 +612,42 @@ plt.show()
 #
 # ### The algorithm
 #
-# **Annealed Langevin dynamics** (Song & Ermon 2019, Algorithm 1) runs $T$ ULA steps at
+# **Annealed Langevin dynamics** (Song & Ermon 2019, Algorithm 1) runs $K$ ULA steps at
 # each level with a level-dependent step
 #
-# $$ \alpha_i = \epsilon\, \frac{\sigma_i^2}{\sigma_L^2}, \qquad
-#    x \leftarrow x + \frac{\alpha_i}2\, s_\theta(x, \sigma_i) + \sqrt{\alpha_i}\, z, \qquad i = 1, \dots, L. $$
+# $$ h_i = h\, \frac{\sigma_i^2}{\sigma_L^2}, \qquad
+#    x \leftarrow x + \frac{h_i}2\, s_\theta(x, \sigma_i) + \sqrt{h_i}\, z, \qquad i = 1, \dots, L, $$
 #
+# with a base step $h$, the step at the last level. (The paper writes $\alpha_i = \epsilon\,\sigma_i^2/\sigma_L^2$
+# and $T$ steps per level: see the notation box above.)
 # The score is now a function of the noise level too, $s_\theta(x, \sigma) \approx \nabla \log p_\sigma(x)$:
-# a **noise-conditional score network**. Why $\alpha_i \propto \sigma_i^2$? Two reasons.
+# a **noise-conditional score network**. Why $h_i \propto \sigma_i^2$? Two reasons.
 # ULA is stable only for steps below a multiple of the target's variance, and $p_{\sigma_i}$
-# is (at least) $\sigma_i^2$ wide in every direction. And the ratio of drift to noise in one
-# step is constant across levels: by Tweedie's formula (chapter 1),
-# $\sigma\, \nabla\log p_\sigma(\tilde x) = -\mathbb E[\varepsilon \mid \tilde x]$ has norm of
-# order $\sqrt D$, so $\|s\| \approx \sqrt D/\sigma_i$, and
+# is (at least) $\sigma_i^2$ wide in every direction. And, where the noise dominates, the
+# ratio of drift to noise in one step is the same at every level: by Tweedie's formula
+# (chapter 1), $\sigma\, \nabla\log p_\sigma(\tilde x) = -\mathbb E[\varepsilon \mid \tilde x]$,
+# and when $\sigma_i$ is large compared with the data's spread, or when the data lie near a
+# low-dimensional set (images), the noisy point reveals almost all of its noise,
+# $\mathbb E[\varepsilon\mid\tilde x] \approx \varepsilon$, of norm about $\sqrt D$ (about
+# $\sqrt{D - d}$ for data on a $d$-dimensional set). Then $\|s\| \approx \sqrt D/\sigma_i$ and
 #
-# $$ \frac{\|\frac{\alpha_i}2\, s_\theta(x, \sigma_i)\|}{\|\sqrt{\alpha_i}\,z\|}
-#    \approx \frac{\sqrt{\alpha_i}}{2\sigma_i} = \frac{\sqrt\epsilon}{2\sigma_L}, $$
+# $$ \frac{\|\frac{h_i}2\, s_\theta(x, \sigma_i)\|}{\|\sqrt{h_i}\,z\|}
+#    \approx \frac{\sqrt{h_i}}{2\sigma_i} = \frac{\sqrt h}{2\sigma_L}, $$
 #
-# the same at every level. The chain takes the same *relative* step at every scale.
+# the same at every level: the chain takes the same *relative* step at every scale. For a
+# smooth density in low dimension the small levels are different: as $\sigma \to 0$,
+# $\sigma\nabla\log p_\sigma \to \sigma\nabla\log p \to 0$, so the drift's share of a step
+# shrinks there (harmless: those levels only sharpen).
 #
-# ### Exercise 2.3: the annealed step sizes
+# ### Exercise 2.4: the annealed step sizes
 #
-# Write `annealed_step_sizes(sigmas, eps)` returning the tensor of $\alpha_i$, one per
-# level, for a descending tensor `sigmas` $= (\sigma_1, \dots, \sigma_L)$.
+# Write `annealed_step_sizes(sigmas, h)` returning the tensor of $h_i$, one per level, for
+# a descending tensor `sigmas` $= (\sigma_1, \dots, \sigma_L)$ and the base step $h$.
 
 
 # %% tags=["exercise"]
-def annealed_step_sizes(sigmas, eps):
-    # YOUR CODE HERE: return alpha_i for every level
+def annealed_step_sizes(sigmas, h):
+    # YOUR CODE HERE: return h_i for every level
     raise NotImplementedError
 
 
@@ -604,8 +656,8 @@ ch02.check_annealed_step_sizes(annealed_step_sizes)
 
 
 # %% tags=["solution", "hide-input"]
-def annealed_step_sizes(sigmas, eps):
-    return eps * sigmas**2 / sigmas[-1] ** 2
+def annealed_step_sizes(sigmas, h):
+    return h * sigmas**2 / sigmas[-1] ** 2
 
 
 ch02.check_annealed_step_sizes(annealed_step_sizes)
@@ -625,7 +677,7 @@ course_lib.show(langevin.annealed_langevin)
 #
 # The weights are decided at the levels where the modes separate. If the chains do not
 # reach equilibrium there, they carry a wrong split downwards. Let us vary the number of
-# steps per level $T$ on the two-mode mixture, with the exact noised scores, and measure
+# steps per level $K$ on the two-mode mixture, with the exact noised scores, and measure
 # the mode-weight error $\frac12\sum_k |f_k - w_k|$ (for two modes simply
 # $|f_1 - 0.8|$).
 
@@ -634,18 +686,18 @@ course_lib.show(lf.mode_weight_error)
 
 # %%
 n_sweep = cfg.pick(smoke=300, cpu=1000, gpu=2000)
-print(f"{'T':>4} | {'NFE':>5} | mode-weight error")
-for T in cfg.pick(smoke=[1, 5], cpu=[1, 3, 10, 30], gpu=[1, 3, 10, 30]):
-    eps_T = langevin.step_size_rule(0.05, T, float(sigmas_2[0] / sigmas_2[1]))
+print(f"{'K':>4} | {'NFE':>5} | mode-weight error")
+for K in cfg.pick(smoke=[1, 5], cpu=[1, 3, 10, 30], gpu=[1, 3, 10, 30]):
+    h_K = langevin.step_size_rule(0.05, K, float(sigmas_2[0] / sigmas_2[1]))
     run = langevin.annealed_langevin(
         lf.exact_noise_score(gm2),
         sigma_1 * torch.randn(n_sweep, 2, generator=generator),
         sigmas_2,
-        eps_T,
-        T,
+        h_K,
+        K,
         generator=generator,
     )
-    print(f"{T:4d} | {run.nfe:5d} | {lf.mode_weight_error(run.x, gm2):.3f}")
+    print(f"{K:4d} | {run.nfe:5d} | {lf.mode_weight_error(run.x, gm2):.3f}")
 
 # %% [markdown]
 # What to notice: with one step per level the chains barely move and the error is
@@ -695,9 +747,9 @@ display(
 #
 # Annealed Langevin dynamics has four knobs: the largest level $\sigma_1$, the smallest
 # $\sigma_L$, the number of levels $L$ (with a geometric sequence, the ratio
-# $\gamma = \sigma_{i-1}/\sigma_i$), and the pair $(T, \epsilon)$. The original NCSN used
-# $\sigma_1 = 1$, $\sigma_L = 0.01$, $L = 10$, $T = 100$, $\epsilon = 2\times 10^{-5}$ for
-# MNIST and CIFAR-10 with pixels in $[0, 1]$. Song & Ermon's follow-up
+# $\gamma = \sigma_{i-1}/\sigma_i$), and the pair $(K, h)$. The original NCSN used
+# $\sigma_1 = 1$, $\sigma_L = 0.01$, $L = 10$, $K = 100$ and a step $\epsilon = 2\times 10^{-5}$
+# in the paper's letters[^ncsn-step] for MNIST and CIFAR-10 with pixels in $[0, 1]$. Song & Ermon's follow-up
 # {cite}`song2020improved` derived rules from simplified models; the course implements
 # three of them and the network parameterisation of a fourth.
 #
@@ -706,6 +758,11 @@ display(
 # near one point is pulled towards the other only if the Gaussians around them overlap,
 # i.e. if $\sigma_1$ is comparable to $\|x^{(1)} - x^{(2)}\|$. Otherwise the first level
 # already has the mixing problem, and the samples lack diversity (wrong weights, again).
+#
+# [^ncsn-step]: The paper's Algorithm 1 writes the $\frac12$ convention, but NCSN's code
+#     steps $x + \alpha_i s + \sqrt{2\alpha_i}\,z$ with $\alpha_i = \epsilon\,\sigma_i^2/\sigma_L^2$.
+#     In the course's convention $x + \frac{h_i}2 s + \sqrt{h_i}\,z$ that is $h_i = 2\alpha_i$:
+#     the published $\epsilon = 2\times10^{-5}$ is a base step $h = 4\times10^{-5}$ here.
 
 # %%
 course_lib.show(langevin.sigma_max_rule, docstring=False)
@@ -738,7 +795,7 @@ for name, dim, s_max, s_min in [
 
 # %% [markdown]
 # The paper's CIFAR-10 model used $\sigma_1 = 50$ and $L = 232$ levels (a criterion of
-# about 0.57, slightly more overlap than the 0.5 that gives the rule's 220) with $T = 5$
+# about 0.57, slightly more overlap than the 0.5 that gives the rule's 220) with $K = 5$
 # steps each: over a thousand network evaluations per sample.
 #
 # **Technique 3: divide by $\sigma$.** The true score of $p_\sigma$ scales like
@@ -748,39 +805,40 @@ for name, dim, s_max, s_min in [
 # conditioning input $c(\sigma) = \log(\sigma)/4$ (chapter 1's `NoiseConditionalScore`).
 #
 # **Technique 4: the step from a one-point model.** If the data is a single point, every
-# $p_{\sigma_i}$ is Gaussian and the variance after $T$ steps at level $i$, started from
+# $p_{\sigma_i}$ is Gaussian and the variance after $K$ steps at level $i$, started from
 # level $i-1$'s law, is known in closed form; the ratio to the target variance $\sigma_i^2$
 # is the same at every level:
 #
-# $$ \frac{s_T^2}{\sigma_i^2} = \Big(1 - \frac{\epsilon'}{\sigma_L^2}\Big)^{2T}\Big(\gamma^2 - \frac{2\epsilon'}{\sigma_L^2 - \sigma_L^2(1 - \epsilon'/\sigma_L^2)^2}\Big) + \frac{2\epsilon'}{\sigma_L^2 - \sigma_L^2(1 - \epsilon'/\sigma_L^2)^2}. $$
+# $$ \frac{s_K^2}{\sigma_i^2} = \Big(1 - \frac{h'}{\sigma_L^2}\Big)^{2K}\Big(\gamma^2 - \frac{2h'}{\sigma_L^2 - \sigma_L^2(1 - h'/\sigma_L^2)^2}\Big) + \frac{2h'}{\sigma_L^2 - \sigma_L^2(1 - h'/\sigma_L^2)^2}. $$
 #
 # It blends the starting ratio $\gamma^2$ (the previous level is wider) with ULA's own
-# stationary bias from above. Choose $T$ as large as the budget allows, then the $\epsilon$
-# that brings the ratio closest to one. (The paper's sampler writes the step as
-# $\alpha\,s + \sqrt{2\alpha}\,z$; the course's $\frac\alpha2 s + \sqrt\alpha\,z$ is the
-# same with $\epsilon' = \epsilon/2$, converted inside the code.)
+# stationary bias from above. Choose $K$ as large as the budget allows, then the $h$
+# that brings the ratio closest to one. (Improved NCSN writes the step as
+# $\alpha\,s + \sqrt{2\alpha}\,z$ with $\alpha = \epsilon\,\sigma_i^2/\sigma_L^2$, and the
+# formula with $\epsilon$ where we write $h'$; the course's $\frac{h_i}2 s + \sqrt{h_i}\,z$
+# is the same with $h' = h/2$, converted inside the code.)
 
 # %%
 course_lib.show(langevin.step_size_rule, docstring=False)
 
 # %%
 gamma_demo = float(anim_sigmas[0] / anim_sigmas[1])
-eps_grid = torch.logspace(-7, -3.3, 150)
+h_values = torch.logspace(-7, -3.3, 150)
 fig, ax = plt.subplots(figsize=(6, 3.6))
-for T in [3, 10, 30]:
-    ratios = [langevin.variance_ratio(float(e), 0.02, T, gamma_demo) for e in eps_grid]
-    best = langevin.step_size_rule(0.02, T, gamma_demo)
-    (line,) = ax.plot(eps_grid, ratios, label=f"T = {T}")
+for K in [3, 10, 30]:
+    ratios = [langevin.variance_ratio(float(h), 0.02, K, gamma_demo) for h in h_values]
+    best = langevin.step_size_rule(0.02, K, gamma_demo)
+    (line,) = ax.plot(h_values, ratios, label=f"K = {K}")
     ax.plot(
-        [best], [langevin.variance_ratio(best, 0.02, T, gamma_demo)], "o", color=line.get_color()
+        [best], [langevin.variance_ratio(best, 0.02, K, gamma_demo)], "o", color=line.get_color()
     )
 ax.axhline(1.0, color=plotting.COLORS["data"], ls="--", label="perfect level")
 ax.set(
     xscale="log",
     yscale="log",
-    xlabel=r"base step $\epsilon$",
-    ylabel=r"$s_T^2/\sigma_i^2$",
-    title=f"technique 4 (σ_L = 0.02, γ = {gamma_demo:.2f}); dots: the rule's ε",
+    xlabel=r"base step $h$",
+    ylabel=r"$s_K^2/\sigma_i^2$",
+    title=f"technique 4 (σ_L = 0.02, γ = {gamma_demo:.2f}); dots: the rule's h",
 )
 ax.legend(fontsize=8)
 plt.show()
@@ -788,7 +846,7 @@ plt.show()
 # %% [markdown]
 # What to notice: too small a step leaves the chain where the previous, wider level put
 # it (ratio $\gamma^2$); too large a step overshoots into ULA's own bias. More steps per
-# level allow a smaller $\epsilon$ and a ratio closer to one. **Technique 5**, the last
+# level allow a smaller $h$ and a ratio closer to one. **Technique 5**, the last
 # of the paper, is an exponential moving average of the weights, which the course's
 # `train.train` provides with `ema_decay`.
 #
@@ -871,14 +929,14 @@ toy_quality = {}
 for j, name in enumerate(ncsn_toys):
     run = toy_runs[name]
     sigmas = run["sigmas"]
-    eps_toy = langevin.step_size_rule(sigma_min_toy, steps_each_toy, float(sigmas[0] / sigmas[1]))
+    h_toy = langevin.step_size_rule(sigma_min_toy, steps_each_toy, float(sigmas[0] / sigmas[1]))
     x_init = float(sigmas[0]) * torch.randn(n_repeats * n_eval, 2, generator=generator)
     seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
     learned = langevin.annealed_langevin(
         run["result"].best,
         x_init,
         sigmas,
-        eps_toy,
+        h_toy,
         steps_each_toy,
         generator=torch.Generator().manual_seed(seed),
     )
@@ -886,7 +944,7 @@ for j, name in enumerate(ncsn_toys):
         lf.exact_noise_score(toys.twin(name)),
         x_init,
         sigmas,
-        eps_toy,
+        h_toy,
         steps_each_toy,
         generator=torch.Generator().manual_seed(seed),
     )
@@ -1030,7 +1088,7 @@ plotting.loss_curve(mnist_result.losses, title="multi-noise DSM loss, MNIST")
 plt.show()
 
 # %% [markdown]
-# Sampling: $T$ steps per level from $\sigma_1\,\mathcal N(0, I)$, the step from
+# Sampling: $K$ steps per level from $\sigma_1\,\mathcal N(0, I)$, the step from
 # technique 4, and the final Tweedie denoising step. To see what the number of steps per
 # level does, the same network is also sampled with a single step per level. The
 # trajectory is recorded at a few levels to watch a digit condense out of noise.
@@ -1038,35 +1096,33 @@ plt.show()
 
 # %%
 def sample_mnist(steps_each: int, n: int, keep: int | None = None):
-    eps = langevin.step_size_rule(
-        mnist_sigma_L, steps_each, float(mnist_sigmas[0] / mnist_sigmas[1])
-    )
+    h = langevin.step_size_rule(mnist_sigma_L, steps_each, float(mnist_sigmas[0] / mnist_sigmas[1]))
     return langevin.annealed_langevin(
         mnist_result.best,
         mnist_sigma_1 * torch.randn(n, 1, 28, 28, generator=generator).to(cfg.device),
         mnist_sigmas.to(cfg.device),
-        eps,
+        h,
         steps_each,
         generator=generator,
         keep=keep,
     )
 
 
-mnist_T = cfg.pick(smoke=1, cpu=5, gpu=5)
+mnist_K = cfg.pick(smoke=1, cpu=5, gpu=5)
 n_images = cfg.pick(smoke=8, cpu=36, gpu=100)
 sample_start = time.perf_counter()
-mnist_run = sample_mnist(mnist_T, n_images, keep=max(1, mnist_L * mnist_T // 7))
+mnist_run = sample_mnist(mnist_K, n_images, keep=max(1, mnist_L * mnist_K // 7))
 mnist_sample_seconds = time.perf_counter() - sample_start
 hasty_run = sample_mnist(1, cfg.pick(smoke=4, cpu=16, gpu=16))
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), gridspec_kw={"width_ratios": [2, 3, 3]})
 plotting.image_grid(
-    hasty_run.x.cpu(), ax=axes[0], title=f"T = 1 step per level\n({hasty_run.nfe} NFE)"
+    hasty_run.x.cpu(), ax=axes[0], title=f"K = 1 step per level\n({hasty_run.nfe} NFE)"
 )
 plotting.image_grid(
     mnist_run.x[:64].cpu(),
     ax=axes[1],
-    title=f"T = {mnist_T} steps per level\n({mnist_run.nfe} NFE)",
+    title=f"K = {mnist_K} steps per level\n({mnist_run.nfe} NFE)",
 )
 plotting.image_grid(x_mnist[: min(64, n_images)], ax=axes[2], title="training digits\n")
 fig.suptitle("NCSN samples on MNIST: the same network, two samplers")
@@ -1080,7 +1136,7 @@ plotting.image_grid(
 )
 plt.show()
 print(f"noise levels along the rows: {[round(float(t), 3) for t in mnist_run.times]}")
-print(f"sampling {n_images} images with T = {mnist_T} took {mnist_sample_seconds:.1f} s")
+print(f"sampling {n_images} images with K = {mnist_K} took {mnist_sample_seconds:.1f} s")
 
 # %% [markdown]
 # What to notice. The left column of the trajectory is pure noise of size $\sigma_1$
@@ -1097,27 +1153,40 @@ print(f"sampling {n_images} images with T = {mnist_T} took {mnist_sample_seconds
 # ## Results card
 
 # %%
+from course_lib.show import results_card
+
 elapsed = time.perf_counter() - chapter_start
-print(f"{'run':<44} {cfg.describe()}")
-print(f"{'chapter wall time':<44} {elapsed:.1f} s")
-print(f"{'quality: ULA mode-weight error':<44} {ula_weight_error:.3f}  (exact score, broad start)")
-print(
-    f"{'quality: annealed mode-weight error':<44} {annealed_weight_error:.3f}  (exact noised scores)"
-)
+card = [
+    ("run", cfg.describe()),
+    ("chapter wall time", f"{elapsed:.1f} s"),
+    ("quality: ULA mode-weight error", f"{ula_weight_error:.3f}  (exact score, broad start)"),
+    (
+        "quality: annealed mode-weight error",
+        f"{annealed_weight_error:.3f}  (exact noised scores)",
+    ),
+]
 for name, q in toy_quality.items():
-    print(
-        f"{'quality: NCSN MMD / exact-score MMD, ' + name:<44} {q['ncsn'] / q['exact']:.2f}x  "
-        f"(NCSN {q['ncsn']:.5f}, exact {q['exact']:.5f}, floor {q['floor']:.5f})"
+    card.append(
+        (
+            f"quality: NCSN MMD / exact-score MMD, {name}",
+            f"{q['ncsn'] / q['exact']:.2f}x  "
+            f"(NCSN {q['ncsn']:.5f}, exact {q['exact']:.5f}, floor {q['floor']:.5f})",
+        )
     )
 for name, q in toy_quality.items():
-    print(f"{'quality: NCSN MMD / floor, ' + name:<44} {q['ncsn'] / q['floor']:.2f}x")
-print(
-    f"{'MNIST U-Net NCSN':<44} {mnist_result.steps} steps, {mnist_result.seconds:.0f} s training, "
-    f"{mnist_run.nfe} NFE per sample"
-)
-print(
-    f"{'published: NCSN (Song & Ermon 2019)':<44} MNIST: 200k steps at batch 128 on a GPU, no FID"
-)
+    card.append((f"quality: NCSN MMD / floor, {name}", f"{q['ncsn'] / q['floor']:.2f}x"))
+card += [
+    (
+        "MNIST U-Net NCSN",
+        f"{mnist_result.steps} steps, {mnist_result.seconds:.0f} s training, "
+        f"{mnist_run.nfe} NFE per sample",
+    ),
+    (
+        "published: NCSN (Song & Ermon 2019)",
+        "MNIST: 200k steps at batch 128 on a GPU, no FID",
+    ),
+]
+results_card(card)
 
 # %% [markdown]
 # How to read it. The first two lines are the chapter's motivating picture in numbers:
@@ -1144,9 +1213,9 @@ print(
 #   time exponential in its depth: plain Langevin keeps the weights of its starting points.
 #   Learned scores add a second failure: they are wrong where there is no data.
 # * **Annealed Langevin dynamics** (NCSN) samples a sequence of noised laws
-#   $p_{\sigma_1}, \dots, p_{\sigma_L}$ with steps $\alpha_i = \epsilon\sigma_i^2/\sigma_L^2$,
+#   $p_{\sigma_1}, \dots, p_{\sigma_L}$ with steps $h_i = h\,\sigma_i^2/\sigma_L^2$,
 #   fixing the weights while the modes still overlap; improved NCSN chooses $\sigma_1$
-#   (largest pairwise distance), $L$ (overlapping shells) and $\epsilon$ (a one-point model).
+#   (largest pairwise distance), $L$ (overlapping shells) and $h$ (a one-point model).
 # * One **noise-conditional score network** $s_\theta(x, \sigma)$, trained with
 #   multi-level denoising score matching, drives the sampler: on the toys it comes close
 #   to the exact-score sampler; on MNIST a small CPU budget gives strokes.

@@ -143,6 +143,17 @@ plt.show()
 #
 # ### The forward process
 #
+# ```{admonition} Notation: DDPM's letters from here on
+# :class: important
+# This chapter takes over Ho et al.'s letters {cite}`ho2020ddpm`: $\beta_t$,
+# $\alpha_t = 1 - \beta_t$, $\bar\alpha_t$, and $\sigma_t$ for the standard deviation
+# of a *reverse* step, $\sigma_t^2 = \beta_t$ or $\tilde\beta_t$ (chapter 4's
+# $\sigma_t(\eta)$ is the same quantity, generalised). It is not chapters 1–2's noise
+# level $\sigma$: the noise scale of $x_t$ is always written out, $\sqrt{1-\bar\alpha_t}$.
+# One code name differs from the text: `schedule.sigma` is that noise scale
+# $\sqrt{1-\bar\alpha_t}$ (a name the later chapters rely on), never the reverse $\sigma_t$.
+# ```
+#
 # Pick a sequence of small variances $\beta_1, \dots, \beta_T \in (0, 1)$ and define one
 # forward step as
 #
@@ -184,8 +195,8 @@ plt.show()
 #
 # Everything, then, follows from $\bar\alpha_0 = 1 > \bar\alpha_1 > \dots > \bar\alpha_T$.
 # The course stores exactly that one array and derives the rest from it:
-# $\beta_t = 1 - \bar\alpha_t/\bar\alpha_{t-1}$, $\alpha_t$, $\sigma_t = \sqrt{1-\bar\alpha_t}$,
-# the posterior variance $\tilde\beta_t$ of the next section, and the SNR. Storing
+# $\beta_t = 1 - \bar\alpha_t/\bar\alpha_{t-1}$, $\alpha_t$, the noise scale
+# $\sqrt{1-\bar\alpha_t}$ (code name `sigma`), the posterior variance $\tilde\beta_t$ of the next section, and the SNR. Storing
 # $\bar\alpha$ rather than $\beta$ will make chapter 4's respacing to fewer steps a
 # one-liner.
 
@@ -259,9 +270,10 @@ for name, sched in [("linear", linear), ("cosine", cosine)]:
 # with a faint trace of data: those steps teach the network little and cost a network
 # evaluation each when sampling. Nichol & Dhariwal {cite}`nichol2021improved` (§3.2)
 # found that skipping up to the last 20% of a linear-schedule reverse process barely
-# changed sample quality, and designed the cosine schedule so that the log-SNR falls
-# *roughly linearly* in the middle of the chain, changing fastest only at the two ends.
-# Its $\bar\alpha_t$ starts flat: the first steps destroy less, which matters most for
+# changed sample quality, and designed the cosine schedule so that $\bar\alpha_t$ (left
+# panel) falls *roughly linearly* in the middle of the chain and changes very little
+# near $t = 0$ and $t = T$; its log-SNR (right panel) then changes fastest at the two
+# ends. The flat start means the first steps destroy less, which matters most for
 # small images like $32\times 32$ (and $28\times28$), where a little noise already
 # hides fine detail.
 #
@@ -354,9 +366,42 @@ course_lib.show(ddpm.q_sample)
 #    \ \propto\ \exp\Big(-\frac{\|x_t - \sqrt{\alpha_t}\,x_{t-1}\|^2}{2\beta_t} - \frac{\|x_{t-1} - \sqrt{\bar\alpha_{t-1}}\,x_0\|^2}{2(1 - \bar\alpha_{t-1})}\Big), $$
 #
 # where the denominator does not depend on $x_{t-1}$. The exponent is a quadratic in
-# $x_{t-1}$, so the posterior is Gaussian; we read off its precision (the coefficient of
-# $-\frac12\|x_{t-1}\|^2$) and its mean (the linear coefficient divided by the precision).
-# The precision is
+# $x_{t-1}$, so the posterior is Gaussian.
+#
+# ### Exercise 3.3: derive the posterior
+#
+# Before reading on, find its mean and variance yourself: collect the terms of the
+# exponent in $x_{t-1}$; the coefficient of $-\frac12\|x_{t-1}\|^2$ is the precision, and
+# the linear coefficient divided by the precision is the mean. Write
+# `posterior(x0, xt, alpha_bar_t, alpha_bar_prev)` returning `(mean, variance)`, with
+# $\beta_t = 1 - \bar\alpha_t/\bar\alpha_{t-1}$ and $\alpha_t = 1 - \beta_t$. The check
+# asks for numbers at four pairs of levels, near the data and far from it, one step
+# and long strides (nothing in the algebra needs the two levels to be neighbours).
+
+
+# %% tags=["exercise"]
+def posterior(x0, xt, alpha_bar_t, alpha_bar_prev):
+    # YOUR CODE HERE: return (mean, variance) of q(x_{t-1} | x_t, x0)
+    raise NotImplementedError
+
+
+# %%
+ch03.check_posterior(posterior)
+
+
+# %% tags=["solution", "hide-input"]
+def posterior(x0, xt, alpha_bar_t, alpha_bar_prev):
+    beta = 1 - alpha_bar_t / alpha_bar_prev
+    precision = (1 - beta) / beta + 1 / (1 - alpha_bar_prev)  # alpha_t / beta_t + ...
+    linear_xt = math.sqrt(1 - beta) / beta  # coefficient of x_t in the linear term
+    linear_x0 = math.sqrt(alpha_bar_prev) / (1 - alpha_bar_prev)
+    return (linear_x0 * x0 + linear_xt * xt) / precision, 1 / precision
+
+
+ch03.check_posterior(posterior)
+
+# %% [markdown]
+# Here is the derivation. The precision is
 #
 # $$ \frac{\alpha_t}{\beta_t} + \frac{1}{1 - \bar\alpha_{t-1}}
 #    = \frac{\alpha_t(1 - \bar\alpha_{t-1}) + \beta_t}{\beta_t(1 - \bar\alpha_{t-1})}
@@ -430,6 +475,44 @@ for t in [2, 10, 100, 500, 1000]:
 # the same trick as for a variational auto-encoder: the forward chain is a ready-made
 # "encoder" $q(x_{1:T} \mid x_0)$.
 #
+# ### Why a Gaussian step, and why a small one
+#
+# The true reverse step $q(x_{t-1} \mid x_t) = \int q(x_{t-1} \mid x_t, x_0)\, p(x_0 \mid x_t)\, dx_0$
+# averages the Gaussian posterior of the previous section over every $x_0$ that could
+# have led to $x_t$, so it is not Gaussian in general. For a Gaussian-mixture twin
+# (chapter 0) the average is again a mixture, in closed form: component by component,
+# $x_s$ and $x_t$ are jointly Gaussian. `ddpm.reverse_kernel` computes it for any
+# stride $s < t$. Here it is for `gaussians8` at one point $x_t$ of step $t = 300$,
+# going back one step and going back two hundred:
+
+# %%
+course_lib.show(ddpm.reverse_kernel, docstring=False)
+
+# %%
+g8_twin = toys.twin("gaussians8")
+fig, kernel_panels = dfig.reverse_kernel_figure(g8_twin, linear, torch.tensor([0.3, 0.2]), 300)
+plt.show()
+for panel in kernel_panels:
+    std = torch.linalg.eigvalsh(panel.kernel.covariance()).sqrt().tolist()
+    print(
+        f"q(x_{panel.s} | x_300): std {std[0]:.3f}, {std[1]:.3f} "
+        f"(DDPM's Gaussian step over the stride: sqrt(beta) = {math.sqrt(panel.beta_stride):.3f}); "
+        f"density at its mean / its peak = {panel.mean_density_ratio:.2f}"
+    )
+
+# %% [markdown]
+# What to notice. One step back, the kernel is a single round bump whose width is
+# $\sqrt{\beta_t}$ (the dashed circle, two standard deviations): over one small step the
+# noise added is so small that $p(x_0 \mid x_t)$ barely changes across the kernel's
+# width, and the Gaussian posterior dominates. That is why DDPM may model each reverse
+# step as a Gaussian {cite}`sohldickstein2015deep`, and why it needs many small ones.
+# Two hundred steps back, the kernel has split into the eight modes the point could
+# still come from; its mean (the cross) sits between them, where it has almost no mass.
+# A Gaussian step with the right mean and any variance puts its mass in the wrong place.
+# A sampler that takes few large steps must therefore do something else: chapter 4's
+# DDIM makes the step deterministic and lets the network's guess of $x_0$ choose the
+# mode; chapter 5 treats the step as a piece of an ODE or SDE to be solved accurately.
+#
 # ### The bound
 #
 # For any distribution $q$ over the latents, Jensen's inequality gives
@@ -465,11 +548,47 @@ for t in [2, 10, 100, 500, 1000]:
 #   $2/255$ (eq. 13), so that the bound is on a probability and comparable with other
 #   models of 8-bit images.
 #
+# ### Exercise 3.4: one term of the bound
+#
+# Take the model step $p_\theta(x_{t-1} \mid x_t) = \mathcal N(\tilde\mu_t(x_t, \hat x_0), \sigma_t^2 I)$,
+# the posterior formula with a guess $\hat x_0$ in place of $x_0$. Derive
+# $L_{t-1} = \mathrm{KL}\big(q(x_{t-1}\mid x_t, x_0)\,\|\,p_\theta(x_{t-1}\mid x_t)\big)$ for one
+# sample in $D$ dimensions (start from the definition, $\mathbb E_q[\log q - \log p_\theta]$,
+# with two isotropic Gaussians), and write
+# `kl_term(x0, x0_hat, xt, alpha_bar_t, alpha_bar_prev, sigma2)`, in nats. Your
+# `posterior` of exercise 3.3 gives both means. The check asks for the number with
+# $\sigma_t^2 = \tilde\beta_t$ and with $\sigma_t^2 = \beta_t$ (the argument `sigma2`).
+
+
+# %% tags=["exercise"]
+def kl_term(x0, x0_hat, xt, alpha_bar_t, alpha_bar_prev, sigma2):
+    # YOUR CODE HERE: a float, KL(q(x_{t-1} | x_t, x0) || N(mu_tilde(x_t, x0_hat), sigma2 I))
+    raise NotImplementedError
+
+
+# %%
+ch03.check_kl_term(kl_term)
+
+
+# %% tags=["solution", "hide-input"]
+def kl_term(x0, x0_hat, xt, alpha_bar_t, alpha_bar_prev, sigma2):
+    mean, var = posterior(x0, xt, alpha_bar_t, alpha_bar_prev)
+    mean_hat, _ = posterior(x0_hat, xt, alpha_bar_t, alpha_bar_prev)
+    ratio = var / sigma2
+    d = x0.numel()
+    return float(
+        ((mean - mean_hat) ** 2).sum() / (2 * sigma2) + d / 2 * (ratio - 1 - math.log(ratio))
+    )
+
+
+ch03.check_kl_term(kl_term)
+
+# %% [markdown]
 # ### Each denoising term is a squared error
 #
 # For two Gaussians with the same isotropic variance, the KL divergence is half the
 # squared distance of the means over the variance; with variances $\tilde\beta_t$ and
-# $\sigma_t^2$ in $D$ dimensions, in general,
+# $\sigma_t^2$ in $D$ dimensions, in general (the answer to exercise 3.4),
 #
 # $$ \mathrm{KL}\big(\mathcal N(\tilde\mu, \tilde\beta_t I)\,\|\,\mathcal N(\mu_\theta, \sigma_t^2 I)\big)
 #    = \frac{\|\tilde\mu - \mu_\theta\|^2}{2\sigma_t^2} + \frac D2\Big(\frac{\tilde\beta_t}{\sigma_t^2} - 1 - \log\frac{\tilde\beta_t}{\sigma_t^2}\Big). $$
@@ -505,14 +624,46 @@ for t in [2, 10, 100, 500, 1000]:
 # $$ L_\text{simple}(\theta) = \mathbb E_{t\sim\mathcal U\{1..T\},\ x_0,\ \varepsilon}\
 #    \big\|\varepsilon - \varepsilon_\theta(\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ t)\big\|^2 \qquad\text{(eq. 14)}, $$
 #
-# one random $t$ per example. The dropped weight $\beta_t^2/(2\sigma_t^2\alpha_t(1-\bar\alpha_t))$
-# is large at small $t$ (for $\sigma_t^2 = \beta_t$ it is about $1/(2t)$ times a
-# constant): the true bound concentrates on the nearly clean steps, where the noise is
-# imperceptible and the task easy. The simple loss re-weights towards larger $t$, where
-# the network has to decide what the digit *is*. On CIFAR-10, Ho et al.'s Table 1 reports
-# an FID of 3.17 for the simple loss against 13.51 for the true bound, and a bound of
-# 3.75 against 3.70 bits/dim: better samples, slightly worse likelihood. It is one of several places in this course where the best
-# likelihood and the best samples are not the same model.
+# one random $t$ per example. How much does dropping the weight
+# $\lambda_t = \beta_t^2/(2\sigma_t^2\alpha_t(1-\bar\alpha_t))$ change? Here it is over $t$:
+
+# %%
+course_lib.show(ddpm.loss_weight, docstring=False)
+dfig.loss_weight_figure(linear)
+plt.show()
+lam = ddpm.loss_weight(linear)
+t_min = int(lam[1:].argmin()) + 1
+print(
+    f"sigma_t^2 = beta_t: lambda_1 = {float(lam[1]):.3f}, lambda_5 = {float(lam[5]):.3f} "
+    f"(1/(2t) = 0.100), minimum {float(lam[t_min]):.4f} at t = {t_min}, "
+    f"lambda_T = {float(lam[-1]):.4f}"
+)
+print(
+    f"range: max / min = {float(lam[1:].max() / lam[1:].min()):.0f}x, "
+    f"first / last = {float(lam[1] / lam[-1]):.0f}x"
+)
+
+# %% [markdown]
+# What to notice. With $\sigma_t^2 = \beta_t$ the weight is $0.5$ at $t = 1$ and follows
+# $1/(2t)$ only for the first handful of steps; it then falls much more slowly, to
+# about $0.005$ near $t = 350$, and climbs back to $0.01$ at $t = T$. Its whole range is
+# about a hundredfold (fiftyfold from the first step to the last), not the thousandfold
+# that $1/(2t)$ would suggest. With $\sigma_t^2 = \tilde\beta_t$ it is larger still near
+# the data and infinite at $t = 1$ (where $\tilde\beta_1 = 0$). Either way the true bound
+# leans on the nearly clean steps, where the noise is imperceptible and the task easy.
+# The simple loss re-weights towards larger $t$, where the network has to decide what
+# the digit *is*. On CIFAR-10, Ho et al.'s Table 1 reports an FID of 3.17 for the simple
+# loss against 13.51 for the true bound, and a bound of 3.75 against 3.70 bits/dim:
+# better samples, slightly worse likelihood. It is one of several places in this
+# course where the best likelihood and the best samples are not the same model.
+#
+# **Units.** The norm in eq. 14 sums over the $D$ dimensions; `ddpm.loss` *averages*
+# over them (one learning rate then serves 2D points and 784-pixel images), while
+# chapters 1–2's denoising score-matching losses, $\frac12\|\sigma s_\theta + \varepsilon\|^2$,
+# sum. Loss values are therefore not comparable across chapters as printed: with
+# $\varepsilon_\theta = -\sigma s_\theta$, the same noise-prediction error reads $D/2$ times
+# larger in chapter 2's units than here ($392\times$ for MNIST, $1\times$ for the 2D toys),
+# on top of the different noise levels the two chapters draw.
 
 # %%
 course_lib.show(ddpm.loss)
@@ -618,8 +769,12 @@ print([round(float(ddpm.v_from(x_many, e_many, t, linear).std()), 3) for t in (1
 #   point (then $x_0$ is known and $q(x_{t-1}\mid x_t) = q(x_{t-1}\mid x_t, x_0)$): the lower
 #   end.
 #
-# The true reverse variance lies between them, $\tilde\beta_t + c_0^2\,\mathrm{Var}(x_0\mid x_t)$
-# per dimension. The two differ only near the data ($\tilde\beta_t/\beta_t = 0$ at
+# The true reverse variance is $\tilde\beta_t + c_0^2\,\mathrm{Var}(x_0\mid x_t)$ per
+# dimension. It lies between the two *on average* over $x_t$, for data whose covariance
+# is at most $I$ (as the course's data is scaled): it exceeds $\beta_t$ exactly where
+# $\mathrm{Var}(x_0 \mid x_t) > 1 - \bar\alpha_t$, and at a point $x_t$ between two
+# well-separated modes, where the posterior over $x_0$ is split between them, it does.
+# Pointwise it is bounded by neither. The two choices differ only near the data ($\tilde\beta_t/\beta_t = 0$ at
 # $t = 1$, and is within a few percent of 1 from $t \approx 50$ on), which is why they barely matter for
 # samples with $T = 1000$ steps and matter a great deal for the likelihood and for short
 # chains (improved DDPM learns an interpolation between them {cite}`nichol2021improved`).
@@ -632,7 +787,7 @@ course_lib.show(ddpm.ancestral_sample)
 # pixel range $[-1, 1]$, a common stabiliser for images) and takes the posterior mean
 # $\tilde\mu_t(x_t, \hat x_0)$. Without clipping this is exactly eq. 11.
 #
-# ### Exercise 3.3: one ancestral step
+# ### Exercise 3.5: one ancestral step
 #
 # Write the step from $x_t$ to $x_{t-1}$ with $\sigma_t^2 = \beta_t$, given the predicted
 # noise `eps_hat`, an integer step `t`, the schedule (use `schedule.beta[t]`,
@@ -913,8 +1068,8 @@ plt.show()
 # us, and the last few hundred steps only refine strokes. Most of what the sample *is* gets decided in the middle of the chain, where
 # the log-SNR is near zero; that is where the cosine schedule spends more of its steps.
 #
-# With the `cpu` profile's budget (1000 steps at batch 32, some thirty thousand
-# digits seen, about two minutes on two cores), expect many, but not all, samples to read as digits; some are
+# With the `cpu` profile's budget (1000 steps at batch 32: 32,000 digits seen, about
+# half an epoch, a few minutes on two cores), expect many, but not all, samples to read as digits; some are
 # broken strokes or hybrids of two classes. That is the network's budget, not the
 # method: the `gpu` profile trains a bigger U-Net on some fifty times more images with
 # the same code.
@@ -923,7 +1078,7 @@ plt.show()
 #
 # How good are they, in numbers? The standard measure for images is the Fréchet
 # Inception distance (FID) {cite}`heusel2017fid`: fit a Gaussian to the features of real
-# and of generated images and compute the 2-Wasserstein distance between the two,
+# and of generated images and compute the *squared* 2-Wasserstein distance between the two,
 # $\|\mu_1 - \mu_2\|^2 + \mathrm{tr}\big(C_1 + C_2 - 2(C_1^{1/2} C_2 C_1^{1/2})^{1/2}\big)$.
 # The Inception network's weights must be downloaded, and MNIST has no standard FID
 # anyway, so the course applies the same formula to the features of a small MNIST
@@ -976,8 +1131,9 @@ print(
 # training images resemble the samples in class and style, but the distances are those
 # of two different handwritten digits, comparable with the distance between a training
 # digit and its nearest *other* training digit, not those of copies (a copy would be at
-# distance near zero). With ten thousand training images and a small network trained for a short
-# while, DDPM generalises rather than memorises; memorisation becomes a real concern for
+# distance near zero). A small network that has seen some 32,000 digits (1000 steps at
+# batch 32: about half an epoch of MNIST's 60,000 training images) generalises rather
+# than memorises; memorisation becomes a real concern for
 # large models trained long on small data sets.
 #
 # ## The bound in bits per dimension
@@ -1041,6 +1197,20 @@ for who, model in (("learned", g8.model), ("exact", ddpm.exact_model(g8_twin, g8
 # $-\log_2$ of the *probability* of the 8-bit image, per pixel. Each image costs
 # $T - 1 = 999$ network evaluations, so we take a modest batch of test images and
 # report the standard error of the mean with it.
+#
+# **Probabilities and densities.** Models with a continuous density — normalising
+# flows, and chapter 5's likelihood of the probability-flow ODE — cannot score an 8-bit
+# image directly. They score a *dequantised* copy, $y = (x + u)/128 - 1$ with
+# $u \sim \mathcal U[0, 1)^D$, so that $y \in [-1, 1)$ like our images. Each pixel's bin
+# then has width $1/128$ in $y$, and width 1 on the usual $[0, 256)$ scale, so a density
+# on the $y$ scale is $128^D$ times the density on the $[0, 256)$ scale. On that scale,
+# $-\log_2 p(y)/D + \log_2 128 = -\log_2 p(y)/D + 7$ bits/dim averages above
+# $-\log_2 P(x)/D$ (Jensen), the same quantity DDPM's discrete decoder bounds. So: a
+# flow's bits/dim in a paper is (continuous $y$-density bits) $+\,7$ for data scaled to
+# $[-1, 1]$ (`ddpm.EIGHT_BIT_OFFSET_BITS`, used by `likelihood.bits_per_dim` in chapter
+# 5); the number below needs no offset, because it already is a probability. Forgetting
+# the offset makes a continuous model look 7 bits/dim better than it is. (The 2D
+# `gaussians8` bound above has no pixel grid, so no offset applies there.)
 
 # %%
 n_bits_images = cfg.pick(smoke=2, cpu=6, gpu=128)
@@ -1095,8 +1265,8 @@ plt.show()
 # {cite}`grathwohl2019ffjord` (their Table 2), from models trained for days on GPUs. The
 # DDPM paper reports no MNIST figure; on CIFAR-10 its bound is 3.70 bits/dim (3.75 for
 # the model trained with the simple loss), after 800k steps at batch 128 on a TPU v3-8.
-# Our `cpu` model saw each training image about once, in a few minutes on two CPU
-# cores, with a 0.3M-parameter U-Net trained with the loss that ignores the
+# Our `cpu` model was trained for 1000 steps at batch 32 (about half an epoch of the
+# 60,000 training digits), in a few minutes on two CPU cores, with a 0.3M-parameter U-Net trained with the loss that ignores the
 # likelihood: expect its bound to be far above the flows' (about twice theirs in our
 # `cpu` run), with most of the gap in the small-$t$ terms and the decoder. The estimate from a handful of images
 # is itself uncertain by the standard error printed beside it.
@@ -1104,47 +1274,52 @@ plt.show()
 # ## Results card
 
 # %%
+from course_lib.show import results_card
+
 elapsed = time.perf_counter() - chapter_start
-w = 50
-print(f"{'run':<{w}} {cfg.describe()}")
-print(f"{'chapter wall time':<{w}} {elapsed:.1f} s")
+card = [("run", cfg.describe()), ("chapter wall time", f"{elapsed:.1f} s")]
 for name, q in toy_quality.items():
     for variance, sym in (("beta", "β"), ("beta_tilde", "β̃")):
         ratio = q[("learned", variance)] / q[("exact", variance)]
-        print(
-            f"{f'quality: 2D {name} MMD, learned / exact ({sym})':<{w}} {ratio:.2f}x  "
-            f"(learned {q[('learned', variance)]:.5f}, exact {q[('exact', variance)]:.5f}, "
-            f"floor {q['floor']:.5f})"
+        card.append(
+            (
+                f"quality: 2D {name} MMD, learned / exact ({sym})",
+                f"{ratio:.2f}x  (learned {q[('learned', variance)]:.5f}, "
+                f"exact {q[('exact', variance)]:.5f}, floor {q['floor']:.5f})",
+            )
         )
-print(
-    f"{'quality: 2D gaussians8 bound, learned / true':<{w}} "
-    f"{toy_bounds[('learned', 'beta')]:.3f} / {true_bits:.3f} bits/dim  "
-    f"(exact model {toy_bounds[('exact', 'beta')]:.3f})"
-)
-print(
-    f"{'quality: MNIST classifier-FID (samples / real)':<{w}} "
-    f"{fid_samples:.2f} / {fid_real:.2f}  ({n_samples} images each; noise {fid_noise:.2f}; "
-    "not comparable with Inception FID)"
-)
-print(
-    f"{'quality: MNIST NLL bound (bits/dim)':<{w}} "
-    f"{mnist_bits['total'][0]:.3f} ± {mnist_bits['total'][1]:.3f}  ({n_bits_images} test "
-    f"images; L_T {mnist_bits['L_T'][0]:.1e}, sum L_t-1 {mnist_bits['sum L_t-1'][0]:.3f}, "
-    f"L_0 {mnist_bits['L_0'][0]:.3f})"
-)
-print(
-    f"{f'throughput: MNIST ancestral, {mnist_run.nfe} steps':<{w}} "
-    f"{throughput:.2f} images/s on {cfg.device.type} (batch {n_samples})"
-)
-print(f"{'MNIST U-Net':<{w}} {n_params:,} parameters, {r.steps} steps at batch {r.batch_size}")
-print(
-    f"{'published: MNIST bits/dim, RealNVP/Glow/FFJORD':<{w}} "
-    "1.06 / 1.05 / 0.99 (Grathwohl et al. 2019, Table 2; GPUs, days)"
-)
-print(
-    f"{'published: DDPM on CIFAR-10 (Ho et al. 2020)':<{w}} "
-    "FID 3.17, bound <= 3.75 bits/dim; 800k steps at batch 128 on a TPU v3-8"
-)
+card += [
+    (
+        "quality: 2D gaussians8 bound, learned / true",
+        f"{toy_bounds[('learned', 'beta')]:.3f} / {true_bits:.3f} bits/dim  "
+        f"(exact model {toy_bounds[('exact', 'beta')]:.3f})",
+    ),
+    (
+        "quality: MNIST classifier-FID (samples / real)",
+        f"{fid_samples:.2f} / {fid_real:.2f}  ({n_samples} images each; noise {fid_noise:.2f}; "
+        "not comparable with Inception FID)",
+    ),
+    (
+        "quality: MNIST NLL bound (bits/dim)",
+        f"{mnist_bits['total'][0]:.3f} ± {mnist_bits['total'][1]:.3f}  ({n_bits_images} test "
+        f"images; L_T {mnist_bits['L_T'][0]:.1e}, sum L_t-1 {mnist_bits['sum L_t-1'][0]:.3f}, "
+        f"L_0 {mnist_bits['L_0'][0]:.3f})",
+    ),
+    (
+        f"throughput: MNIST ancestral, {mnist_run.nfe} steps",
+        f"{throughput:.2f} images/s on {cfg.device.type} (batch {n_samples})",
+    ),
+    ("MNIST U-Net", f"{n_params:,} parameters, {r.steps} steps at batch {r.batch_size}"),
+    (
+        "published: MNIST bits/dim, RealNVP/Glow/FFJORD",
+        "1.06 / 1.05 / 0.99 (Grathwohl et al. 2019, Table 2; GPUs, days)",
+    ),
+    (
+        "published: DDPM on CIFAR-10 (Ho et al. 2020)",
+        "FID 3.17, bound <= 3.75 bits/dim; 800k steps at batch 128 on a TPU v3-8",
+    ),
+]
+results_card(card)
 
 # %% [markdown]
 # How to read it. The 2D lines compare the learned sampler with the same sampler run on

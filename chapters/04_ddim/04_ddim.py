@@ -196,6 +196,17 @@ plt.show()
 #
 # ## A family of processes with DDPM's marginals
 #
+# ```{admonition} Notation: DDIM's letters, the course's bars
+# :class: important
+# DDIM {cite}`song2021ddim` writes $\alpha_t$ for what DDPM and this course call
+# $\bar\alpha_t$; the chapter keeps chapter 3's $\bar\alpha_t$, so the paper's equations
+# appear here with a bar added. Its $\sigma_t$ is the standard deviation of the fresh
+# noise of a reverse step, chapter 3's reverse $\sigma_t$ generalised to $\sigma_t(\eta)$
+# (never the noise scale $\sqrt{1-\bar\alpha_t}$ of $x_t$, which is written out). For the
+# ODE the chapter adds $\bar\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}$, with a bar: the
+# noise-to-signal ratio, EDM's $\sigma(t)$ of chapter 5.
+# ```
+#
 # ### Building the process from the top
 #
 # We want a joint law of $x_1, \dots, x_T$ given $x_0$ whose marginals are, for every $t$,
@@ -274,7 +285,41 @@ plt.show()
 #
 # **$\eta = 1$ is DDPM.** On consecutive steps $\bar\alpha_t/\bar\alpha_{t-1} = \alpha_t = 1-\beta_t$,
 # so $\sigma_t(1)^2 = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t = \tilde\beta_t$, chapter 3's
-# posterior variance. The mean is the posterior mean too. Using
+# posterior variance. The mean is the posterior mean too; try to show it before
+# reading on.
+#
+# ### Exercise 4.1: $\eta = 1$ is DDPM's posterior
+#
+# Expand the mean of eq. 7 into a coefficient of $x_0$ and a coefficient of $x_t$, with
+# $\sigma_t(\eta)$ of eq. 16, and write `ddim_coefficients(alpha_bar_t, alpha_bar_prev, eta)` returning
+# `(coef_x0, coef_xt, sigma)` for a step from $t$ down to any lower level. Then compare,
+# on paper, your coefficients at $\eta = 1$ with chapter 3's $c_0$ and $c_t$ (with
+# $\beta_t = 1 - \bar\alpha_t/\bar\alpha_{t-1}$). The check asks for the three numbers at
+# four steps, two of them with $\eta = 1$.
+
+
+# %% tags=["exercise"]
+def ddim_coefficients(alpha_bar_t, alpha_bar_prev, eta):
+    # YOUR CODE HERE: return (coef_x0, coef_xt, sigma)
+    raise NotImplementedError
+
+
+# %%
+ch04.check_ddim_coefficients(ddim_coefficients)
+
+
+# %% tags=["solution", "hide-input"]
+def ddim_coefficients(alpha_bar_t, alpha_bar_prev, eta):
+    beta_stride = 1 - alpha_bar_t / alpha_bar_prev
+    sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_stride)  # eq. 16
+    coef_xt = math.sqrt((1 - alpha_bar_prev - sigma**2) / (1 - alpha_bar_t))
+    return math.sqrt(alpha_bar_prev) - coef_xt * math.sqrt(alpha_bar_t), coef_xt, sigma
+
+
+ch04.check_ddim_coefficients(ddim_coefficients)
+
+# %% [markdown]
+# Here is the algebra for one step with $\eta = 1$. Using
 # $1 - \bar\alpha_t - \beta_t = \alpha_t - \bar\alpha_t = \alpha_t(1-\bar\alpha_{t-1})$,
 #
 # $$ 1 - \bar\alpha_{t-1} - \tilde\beta_t
@@ -301,7 +346,7 @@ plt.show()
 course_lib.show(ddim.ddim_sigma)
 
 # %% [markdown]
-# ### Exercise 4.1: the noise scale $\sigma_t(\eta)$
+# ### Exercise 4.2: the reverse standard deviation $\sigma_t(\eta)$
 #
 # Write `ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)` for a step from $t$ down to a
 # lower level $t_{\text{prev}}$ with the two given values of $\bar\alpha$.
@@ -334,7 +379,7 @@ course_lib.show(ddim.ddim_step)
 # range and recomputes $\hat\varepsilon$ from it so that the two stay consistent with
 # $x_t$). Notice that fresh noise is drawn only when $\sigma_t > 0$.
 #
-# ### Exercise 4.2: one deterministic step
+# ### Exercise 4.3: one deterministic step
 #
 # Write the $\eta = 0$ update `ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev)`
 # for a given noise prediction `eps_hat` (a tensor of the shape of `x_t`).
@@ -534,9 +579,11 @@ display(
 # ## Which steps? Uniform and quadratic grids
 #
 # With $S$ steps to spend, where should they go? DDIM's appendix proposes two grids
-# (`ddim.timesteps`): **uniform**, $\tau_i = \lfloor cT i/S \rfloor$, and **quadratic**,
-# $\tau_i = \lfloor c\, i^2\rfloor$ with $c = T/S^2$, which puts more of the steps near the
-# data; the paper used the quadratic grid for CIFAR-10 and the uniform grid elsewhere.
+# (`ddim.timesteps`): **uniform**, $\tau_i = \lfloor c\, i \rfloor$ with $c = T/S$, and
+# **quadratic**, $\tau_i = \lfloor c\, i^2\rfloor$ with $c = T/S^2$, which puts more of
+# the steps near the data; the paper used the quadratic grid for CIFAR-10 and the
+# uniform grid elsewhere. (Where $\lfloor c\, i^2\rfloor$ would repeat a step, for the
+# first few $i$ when $S$ is large, the code takes $\max(\lfloor c\, i^2\rfloor, i)$.)
 
 # %%
 course_lib.show(ddim.timesteps, docstring=False)
@@ -821,7 +868,7 @@ df.plot_quality_vs_steps(
 plt.show()
 
 # %% [markdown]
-# ### Exercise 4.3: predict before you look
+# ### Exercise 4.4: predict before you look
 #
 # The table's DDIM ($\eta = 0$) entries at 10 and at 50 steps started from the **same**
 # $x_T$. Before running the next cell, predict: does image $k$ at 10 steps show the
@@ -898,8 +945,8 @@ for name, (a, b) in consistency.items():
 #   missed; a stochastic sampler re-noises and denoises again at every step, which
 #   keeps pulling the chain back towards the marginals the network was trained on and
 #   corrects earlier mistakes. The weaker the network, the more that matters: ours
-#   was trained for minutes on a CPU, the paper's for 800,000 steps on a TPU pod
-#   slice. Even there the effect shows at 1000 steps: FID 4.04 for DDIM against 3.17
+#   was trained for minutes on a CPU, the paper's for 800,000 steps on a TPU v3-8
+#   (one TPU board with eight cores). Even there the effect shows at 1000 steps: FID 4.04 for DDIM against 3.17
 #   for DDPM's sampler. Chapter 5 returns to this trade-off (predictor–corrector
 #   samplers, stochastic against deterministic).
 # * **The small budget.** A U-Net trained for minutes produces many malformed digits,
@@ -949,13 +996,54 @@ print(
 #
 # $$ \bar x_{\tau_{i+1}} = \bar x_{\tau_i} + \big(\bar\sigma_{\tau_{i+1}} - \bar\sigma_{\tau_i}\big)\,\hat\varepsilon , $$
 #
-# gives a latent $x_T$ from which DDIM ($\eta = 0$) returns to $x_0$ (DDIM §4.3). One
-# approximation is needed: the Euler step up from $\tau_i$ would evaluate the network at
-# $(x_{\tau_i}, \tau_i)$, but at $\tau_0 = 0$ the network is not defined, so
-# `ddim_invert` evaluates it at the *destination* time $\tau_{i+1}$ with the current
-# point. The error this makes shrinks as the grid is refined. Two mistakes to avoid:
+# gives a latent $x_T$ from which DDIM ($\eta = 0$) returns to $x_0$ (DDIM §4.3). Where
+# should $\hat\varepsilon$ be evaluated? Euler's method up from $\tau_i$ would take
+# $\hat\varepsilon(x_{\tau_i}, \tau_i)$. On the first step that is impossible — the network
+# is not defined at $\tau_0 = 0$ — so the first step must use the destination time
+# $\tau_1$. On the later steps either choice is possible. Decoding takes the step
+# between $\tau_{i+1}$ and $\tau_i$ with $\hat\varepsilon(x_{\tau_{i+1}}, \tau_{i+1})$; the
+# *destination* choice, $\hat\varepsilon(x_{\tau_i}, \tau_{i+1})$, uses the same time but
+# shows the network a point with the noise level of $\tau_i$, while Euler's *source*
+# choice, $\hat\varepsilon(x_{\tau_i}, \tau_i)$, keeps point and time consistent. Which
+# round trip is closer is a question for measurement, and the table below measures
+# both (`eps_at="source"`, the default, and `"destination"`). Two mistakes to avoid:
 # inverting with `clip_x0` (clipping is not invertible) and inverting with one grid and
 # decoding with another.
+#
+# ### Exercise 4.5: one step up
+#
+# Write the inversion step `invert_step(x, eps_hat, alpha_bar_t, alpha_bar_next)` from
+# level $t$ up to a noisier level, in the variables $x$ of the sampler: go to
+# $\bar x$, take the Euler step in $\bar\sigma$, come back. Then simplify it on paper:
+# what is it in terms of $\hat x_0$, and how does it relate to your `ddim_step` of
+# exercise 4.3? The check asks for the step at three pairs of levels and decodes it.
+
+
+# %% tags=["exercise"]
+def invert_step(x, eps_hat, alpha_bar_t, alpha_bar_next):
+    # YOUR CODE HERE: return the point at the noisier level alpha_bar_next
+    raise NotImplementedError
+
+
+# %%
+ch04.check_invert_step(invert_step)
+
+
+# %% tags=["solution", "hide-input"]
+def invert_step(x, eps_hat, alpha_bar_t, alpha_bar_next):
+    sigma_bar = math.sqrt((1 - alpha_bar_t) / alpha_bar_t)
+    sigma_bar_next = math.sqrt((1 - alpha_bar_next) / alpha_bar_next)
+    x_bar = x / math.sqrt(alpha_bar_t)
+    return math.sqrt(alpha_bar_next) * (x_bar + (sigma_bar_next - sigma_bar) * eps_hat)
+
+
+ch04.check_invert_step(invert_step)
+
+# %% [markdown]
+# Simplified, the step is $\sqrt{\bar\alpha_{\text{next}}}\,\hat x_0 + \sqrt{1-\bar\alpha_{\text{next}}}\,\hat\varepsilon$:
+# DDIM's deterministic step with the two levels swapped. With the *same* $\hat\varepsilon$
+# the step down undoes it exactly; all of the round-trip error comes from
+# $\hat\varepsilon$ not being the same on the way up and on the way down.
 
 # %%
 course_lib.show(ddim.ddim_invert, docstring=False)
@@ -966,13 +1054,27 @@ course_lib.show(df.inversion_study, docstring=False)
 # %%
 inv_steps = cfg.pick(smoke=[5, 20], cpu=[10, 50, 100], gpu=[10, 50, 100, 500])
 digits = mnist.images[torch.randperm(mnist.images.shape[0], generator=generator)[:8].to(cfg.device)]
-mnist_inv = df.inversion_study(mnist.model, digits, mnist.schedule, inv_steps)
-toy_inv = df.inversion_study(
-    toy_model, toy.x0[: cfg.pick(smoke=100, cpu=300, gpu=1000)], schedule, inv_steps
+toy_points = toy.x0[: cfg.pick(smoke=100, cpu=300, gpu=1000)]
+inv = {
+    (name, eps_at): df.inversion_study(model, x, sched, inv_steps, eps_at=eps_at)
+    for name, model, x, sched in [
+        ("MNIST", mnist.model, digits, mnist.schedule),
+        ("2D", toy_model, toy_points, schedule),
+    ]
+    for eps_at in ddim.INVERSION_STEPS
+}
+mnist_inv, toy_inv = inv[("MNIST", "source")], inv[("2D", "source")]  # the default
+print("reconstruction rmse, eps evaluated at the source / the destination step")
+print(
+    f"{'steps':>5} | {'MNIST src':>9} {'dest.':>7} | {'latent std':>10} | {'2D src':>7} {'dest.':>7}"
 )
-print(f"{'steps':>5} | {'MNIST rmse':>10} | {'MNIST latent std':>16} | {'2D rmse':>8}")
-for m_row, t_row in zip(mnist_inv, toy_inv, strict=True):
-    print(f"{m_row.steps:5d} | {m_row.rmse:10.4f} | {m_row.latent_std:16.3f} | {t_row.rmse:8.4f}")
+for j, steps in enumerate(inv_steps):
+    m_s, m_d = inv[("MNIST", "source")][j], inv[("MNIST", "destination")][j]
+    t_s, t_d = inv[("2D", "source")][j], inv[("2D", "destination")][j]
+    print(
+        f"{steps:5d} | {m_s.rmse:9.4f} {m_d.rmse:7.4f} | {m_s.latent_std:10.3f} | "
+        f"{t_s.rmse:7.4f} {t_d.rmse:7.4f}"
+    )
 
 fig = plt.figure(figsize=(12, 3.8))
 ax = fig.add_subplot(1, 3, 1)
@@ -1006,10 +1108,19 @@ plt.show()
 
 # %% [markdown]
 # What to notice: the reconstruction error falls as the grid is refined, for the digits
-# and the 2D points alike. With ten steps the round trip loses most digits — the
-# inversion's shortcut (the network evaluated at the destination of each step) is crude
-# when the steps are large — and with a hundred the decoded digits are very close to
-# the originals. The latents have the scale of $x_T \sim \mathcal N(0, I)$ (standard
+# and the 2D points alike, whichever step the network is evaluated at. But the better
+# choice differs. For the digits it is the source step: in our `cpu` runs (two sets of
+# eight digits) the rmse at 10 / 20 / 50 / 100 steps was 0.25 / 0.13 / 0.06 / 0.03–0.04
+# with the source step against 0.69–0.80 / 0.20 / 0.085 / 0.043 with the destination step,
+# so the chapter uses the source step. For the 2D model it is the other way round,
+# 0.058 / 0.037 / 0.016 / 0.008 at the destination against 0.19 / 0.11 / 0.041 / 0.019
+# at the source, and the same holds for the exact model (0.063 against 0.14 at ten
+# steps). The exact model is defined and smooth everywhere, so matching the decoder's
+# *time* is what counts; the U-Net has only seen images whose noise matches its time
+# input, and a mismatch costs more than the time shift. With ten steps the round trip
+# loses much of each digit — any one-evaluation-per-step inversion is crude when the
+# steps are large — and with a hundred the decoded digits are very close to the
+# originals. The latents have the scale of $x_T \sim \mathcal N(0, I)$ (standard
 # deviation close to one) but they are not white noise: the outline of the digit is
 # still visible in them. The ODE maps the data distribution as a whole onto
 # $\mathcal N(0, I)$; one latent is one point of that map, and it keeps traces of its
@@ -1021,11 +1132,11 @@ plt.show()
 # ## Interpolation between latents
 #
 # If $x_T$ encodes content, moving smoothly between two latents should morph one sample
-# into another (DDIM §5.4). The obvious path is the straight line,
+# into another (DDIM §5.3). The obvious path is the straight line,
 # $z(\alpha) = (1-\alpha) z_0 + \alpha z_1$. It is wrong, and the reason is a fact about
 # Gaussians in high dimension.
 #
-# ### Exercise 4.4: predict before you run
+# ### Exercise 4.6: predict before you run
 #
 # Take two independent latents $z_0, z_1 \sim \mathcal N(0, I_D)$ with $D = 784$. Their
 # norms are both very close to $\sqrt D = 28$. Predict the ratio
@@ -1053,14 +1164,17 @@ ch04.check_predict_lerp_norm(my_ratio)
 # $$ \operatorname{slerp}(z_0, z_1; \alpha) = \frac{\sin\big((1-\alpha)\theta\big)}{\sin\theta}\, z_0 + \frac{\sin(\alpha\theta)}{\sin\theta}\, z_1,
 #    \qquad \cos\theta = \frac{\langle z_0, z_1\rangle}{\|z_0\|\,\|z_1\|}, $$
 #
-# which keeps the norm between the two end norms (exactly, when they are equal) — the
+# which keeps the norm exactly when the two end norms are equal — as they nearly are for
+# Gaussian latents in high dimension — and otherwise need not even stay between them
+# (for nearly opposite latents of unequal norm it overshoots both). It is the
 # interpolation White {cite}`white2016sampling` recommended for generative models with
 # Gaussian latents, and the one DDIM uses.
 #
-# ### Exercise 4.5: slerp
+# ### Exercise 4.7: slerp
 #
 # Write `slerp(z0, z1, alpha)` for two batches of latents of shape `(B, D)` and a
-# float `alpha`, one angle per row.
+# float `alpha`, one angle per row. The check includes identical and nearly parallel
+# rows, where $\sin\theta \to 0$: your function must not return NaN there.
 
 
 # %% tags=["exercise"]
@@ -1079,7 +1193,11 @@ def slerp(z0, z1, alpha):
         z0.norm(dim=1, keepdim=True) * z1.norm(dim=1, keepdim=True)
     )
     theta = torch.arccos(cos.clamp(-1, 1))
-    return (torch.sin((1 - alpha) * theta) * z0 + torch.sin(alpha * theta) * z1) / torch.sin(theta)
+    sin = torch.sin(theta)
+    parallel = sin < 1e-6  # identical or nearly parallel rows: 0/0; the arc is the line
+    w0 = torch.where(parallel, 1 - alpha, torch.sin((1 - alpha) * theta) / sin.clamp_min(1e-6))
+    w1 = torch.where(parallel, alpha, torch.sin(alpha * theta) / sin.clamp_min(1e-6))
+    return w0 * z0 + w1 * z1
 
 
 ch04.check_slerp(slerp)
@@ -1185,44 +1303,61 @@ for name in cfg.pick(smoke=[], cpu=[], gpu=["cifar10"]):
 # ## Results card
 
 # %%
+from course_lib.show import results_card
+
 elapsed = time.perf_counter() - chapter_start
-print(f"{'run':<48} {cfg.describe()}")
-print(f"{'chapter wall time':<48} {elapsed:.1f} s")
+card = [("run", cfg.describe()), ("chapter wall time", f"{elapsed:.1f} s")]
 for label, (q_ddim, q_ddpm, ratio) in toy_check.items():
-    key = f"quality: 2D DDIM@50 / DDPM@{toy_ref_steps} MMD, {toy_name} {label}"
-    print(
-        f"{key:<48} {ratio:.2f}x  (DDIM {q_ddim:.5f}, DDPM {q_ddpm:.5f}, "
-        f"floor {toy_floors[label]:.5f} ± {toy_floor_spread[label]:.5f}; "
-        f"within 10%: {'yes' if ratio <= 1.1 else 'no'})"
+    card.append(
+        (
+            f"quality: 2D DDIM@50 / DDPM@{toy_ref_steps} MMD, {toy_name} {label}",
+            f"{ratio:.2f}x  (DDIM {q_ddim:.5f}, DDPM {q_ddpm:.5f}, "
+            f"floor {toy_floors[label]:.5f} ± {toy_floor_spread[label]:.5f}; "
+            f"within 10%: {'yes' if ratio <= 1.1 else 'no'})",
+        )
     )
 for label, table in toy_tables.items():
-    key = f"quality: 2D DDIM@10 quadratic / uniform, {label}"
-    print(
-        f"{key:<48} {table[df.DDIM0_QUADRATIC][few_toy].quality / table[df.DDIM0][few_toy].quality:.2f}x"
+    card.append(
+        (
+            f"quality: 2D DDIM@10 quadratic / uniform, {label}",
+            f"{table[df.DDIM0_QUADRATIC][few_toy].quality / table[df.DDIM0][few_toy].quality:.2f}x",
+        )
     )
-key = f"quality: MNIST classifier-FID DDIM@50 / DDPM@{mnist_ref_steps}"
-print(
-    f"{key:<48} {mnist_ratio:.2f}x  (DDIM {ddim_entry.quality:.2f}, DDPM {ddpm_entry.quality:.2f}, "
-    f"real-digit floor {fid_floor:.2f} ± {fid_floor_std:.2f}, {n_fid} samples; "
-    f"within 10%: {'yes' if mnist_ratio <= 1.1 else 'no'})"
-)
-key = f"quality: MNIST classifier-FID DDPM@{few_img} / DDIM@{few_img}"
-print(
-    f"{key:<48} {mnist_table[df.DDPM][few_img].quality / mnist_table[df.DDIM0][few_img].quality:.2f}x"
-)
-key = f"quality: MNIST inversion rmse, {inv_steps[-1]} steps"
-print(f"{key:<48} {mnist_inv[-1].rmse:.4f}  (pixels in [-1, 1])")
+card += [
+    (
+        f"quality: MNIST classifier-FID DDIM@50 / DDPM@{mnist_ref_steps}",
+        f"{mnist_ratio:.2f}x  (DDIM {ddim_entry.quality:.2f}, DDPM {ddpm_entry.quality:.2f}, "
+        f"real-digit floor {fid_floor:.2f} ± {fid_floor_std:.2f}, {n_fid} samples; "
+        f"within 10%: {'yes' if mnist_ratio <= 1.1 else 'no'})",
+    ),
+    (
+        f"quality: MNIST classifier-FID DDPM@{few_img} / DDIM@{few_img}",
+        f"{mnist_table[df.DDPM][few_img].quality / mnist_table[df.DDIM0][few_img].quality:.2f}x",
+    ),
+    (
+        f"quality: MNIST inversion rmse, {inv_steps[-1]} steps",
+        f"{mnist_inv[-1].rmse:.4f}  (pixels in [-1, 1])",
+    ),
+]
 for name, table in extra_tables.items():
     ratio = table[df.DDIM0][50].quality / table[df.DDPM][mnist_ref_steps].quality
-    print(f"{'quality: ' + name + ' classifier-FID DDIM@50 / DDPM@1000':<48} {ratio:.2f}x")
-key = f"throughput: MNIST DDPM, {mnist_ref_steps} steps"
-print(f"{key:<48} {ddpm_entry.per_second:.2f} images/s  (batch {n_fid}, {cfg.device.type})")
-key = "throughput: MNIST DDIM, 50 steps"
-print(f"{key:<48} {ddim_entry.per_second:.2f} images/s  ({speedup:.0f}x faster)")
-print(
-    f"{'published: DDIM (Song et al. 2021), CIFAR-10':<48} FID 4.16 (DDIM, 100 steps), "
-    "4.04 (DDIM, 1000), 3.17 (DDPM, 1000): Inception FID, 35.7M U-Net, 800k steps on TPU v3-8"
-)
+    card.append((f"quality: {name} classifier-FID DDIM@50 / DDPM@1000", f"{ratio:.2f}x"))
+card += [
+    (
+        f"throughput: MNIST DDPM, {mnist_ref_steps} steps",
+        f"{ddpm_entry.per_second:.2f} images/s  (batch {n_fid}, {cfg.device.type})",
+    ),
+    (
+        "throughput: MNIST DDIM, 50 steps",
+        f"{ddim_entry.per_second:.2f} images/s  ({speedup:.0f}x faster)",
+    ),
+    (
+        "published: DDIM (Song et al. 2021), CIFAR-10",
+        "FID 4.16 (DDIM, 100 steps), 4.04 (DDIM, 1000), 3.17 (DDPM, 1000): Inception FID, "
+        "35.7M U-Net, 800k steps on TPU v3-8",
+    ),
+]
+results_card(card)
 
 # %% [markdown]
 # How to read it. The 2D lines compare DDIM with fifty network calls against DDPM with a
@@ -1232,7 +1367,7 @@ print(
 # same comparison in classifier-feature FID with its real-digit floor, the collapse of
 # the stochastic sampler at few steps, the inversion error, and the measured
 # throughput. The published line is there for scale only: Inception FID on CIFAR-10,
-# from a model trained for hours on a TPU pod slice, is a different measure of a
+# from a model trained for hours on a TPU v3-8, is a different measure of a
 # different model, and no number of this card can be compared with it directly.
 #
 # ## Summary

@@ -1510,56 +1510,75 @@ for name in cfg.pick(smoke=[], cpu=[], gpu=["cifar10"]):
 # ## Results card
 
 # %%
+from course_lib.show import results_card
+
 elapsed = time.perf_counter() - chapter_start
-w = 59
-print(f"{'run':<{w}} {cfg.describe()}")
-print(f"{'chapter wall time':<{w}} {elapsed:.1f} s")
+card = [("run", cfg.describe()), ("chapter wall time", f"{elapsed:.1f} s")]
 for label, (heun, ddpm_ref, ddim_50, f, met) in goal.items():
-    key = f"quality: 2D KL EDM Heun@35 vs DDPM@{ref_steps}, {label}"
-    print(
-        f"{key:<{w}} {heun.quality:.3f} ± {heun.spread:.3f} vs {ddpm_ref.quality:.3f} ± "
-        f"{ddpm_ref.spread:.3f} nats (floor {f.mean:.3f} ± {f.std:.3f}, {n_study} samples, "
-        f"{len(study_seeds)} seed(s); within one floor spread: {'yes' if met else 'no'})"
+    card.append(
+        (
+            f"quality: 2D KL EDM Heun@35 vs DDPM@{ref_steps}, {label}",
+            f"{heun.quality:.3f} ± {heun.spread:.3f} vs {ddpm_ref.quality:.3f} ± "
+            f"{ddpm_ref.spread:.3f} nats (floor {f.mean:.3f} ± {f.std:.3f}, {n_study} samples, "
+            f"{len(study_seeds)} seed(s); within one floor spread: {'yes' if met else 'no'})",
+        )
     )
-    key = f"quality: 2D KL DDIM@50, {label}"
-    print(f"{key:<{w}} {ddim_50.quality:.3f} ± {ddim_50.spread:.3f} nats")
-key = "quality: 2D PF-ODE log p error, exact model"
-print(
-    f"{key:<{w}} {lik_err.max():.1e} nats max over {len(x_lik)} points (dopri5, exact divergence)"
+    card.append(
+        (f"quality: 2D KL DDIM@50, {label}", f"{ddim_50.quality:.3f} ± {ddim_50.spread:.3f} nats")
+    )
+card.append(
+    (
+        "quality: 2D PF-ODE log p error, exact model",
+        f"{lik_err.max():.1e} nats max over {len(x_lik)} points (dopri5, exact divergence)",
+    )
 )
 for name, rows_pc in pc_results.items():
     p_2n, pc_n = rows_pc[f"P, {2 * pc_steps} steps"], rows_pc[f"PC, {pc_steps} steps"]
-    key = f"quality: 2D KL PC vs P at {pc_n.nfe} NFE, {name}"
-    print(
-        f"{key:<{w}} PC {pc_n.mean:.3f} ± {pc_n.std:.3f} vs P {p_2n.mean:.3f} ± {p_2n.std:.3f} nats"
+    card.append(
+        (
+            f"quality: 2D KL PC vs P at {pc_n.nfe} NFE, {name}",
+            f"PC {pc_n.mean:.3f} ± {pc_n.std:.3f} vs P {p_2n.mean:.3f} ± {p_2n.std:.3f} nats",
+        )
     )
-key = f"quality: MNIST classifier-FID Heun@35 / DDIM@50 / DDPM@{mnist_ref}"
-print(
-    f"{key:<{w}} {heun_img.quality:.2f} / {ddim_img.quality:.2f} / {ddpm_img.quality:.2f}  "
-    f"(real-digit floor {fid_floor:.2f} ± {fid_floor_std:.2f}, {n_fid} samples; not Inception FID)"
-)
-key = "quality: MNIST PF-ODE bits/dim vs ELBO bound"
-print(
-    f"{key:<{w}} {float(bpd_correct.mean()):.3f} vs {float(elbo_bits.mean()):.3f}  "
-    f"({n_bpd} test digits, Hutchinson, t0 = 1e-3)"
-)
+card += [
+    (
+        f"quality: MNIST classifier-FID Heun@35 / DDIM@50 / DDPM@{mnist_ref}",
+        f"{heun_img.quality:.2f} / {ddim_img.quality:.2f} / {ddpm_img.quality:.2f}  "
+        f"(real-digit floor {fid_floor:.2f} ± {fid_floor_std:.2f}, {n_fid} samples; not Inception FID)",
+    ),
+    (
+        "quality: MNIST PF-ODE bits/dim vs ELBO bound",
+        f"{float(bpd_correct.mean()):.3f} vs {float(elbo_bits.mean()):.3f}  "
+        f"({n_bpd} test digits, Hutchinson, t0 = 1e-3)",
+    ),
+]
 for title, p in rows:
-    key = f"throughput: MNIST {title}"
-    print(f"{key:<{w}} {p.per_second:.2f} images/s  (batch {n_fid}, {cfg.device.type})")
-print(
-    f"{'published: EDM Table 2, CIFAR-10 VP, 35 NFE':<{w}} FID 3.01 (A: baseline, score "
-    "SDE's network, EDM Heun) -> 2.05 (E: + retuned hyperparameters, capacity, "
-    "preconditioning, loss) -> 1.97 (F: + non-leaky augmentation), unconditional, as "
-    "reported (secondary sources); Inception FID of 50k samples, training ~2 days on 8 V100"
-)
-print(
-    f"{'published: score SDE Table 1, CIFAR-10, 1000 steps':<{w}} FID VE 4.79 (P) / 3.60 (PC), "
-    "VP 3.21 / 3.18, reverse diffusion predictor; VP PF-ODE 3.59 (P); 1.3M iterations, batch 128"
-)
-print(
-    f"{'published: score SDE Tables 2-3, CIFAR-10':<{w}} DDPM++ cont. deep sub-VP: "
-    "NLL 2.99 bits/dim (PF-ODE), FID 2.41 (PC) / 2.92 (ODE); DDPM's ELBO bound 3.70-3.75"
-)
+    card.append(
+        (
+            f"throughput: MNIST {title}",
+            f"{p.per_second:.2f} images/s  (batch {n_fid}, {cfg.device.type})",
+        )
+    )
+card += [
+    (
+        "published: EDM Table 2, CIFAR-10 VP, 35 NFE",
+        "FID 3.01 (A: baseline, score SDE's network, EDM Heun) -> 2.05 (E: + retuned "
+        "hyperparameters, capacity, preconditioning, loss) -> 1.97 (F: + non-leaky "
+        "augmentation), unconditional, as reported (secondary sources); Inception FID of 50k "
+        "samples, training ~2 days on 8 V100",
+    ),
+    (
+        "published: score SDE Table 1, CIFAR-10, 1000 steps",
+        "FID VE 4.79 (P) / 3.60 (PC), VP 3.21 / 3.18, reverse diffusion predictor; VP PF-ODE "
+        "3.59 (P); 1.3M iterations, batch 128",
+    ),
+    (
+        "published: score SDE Tables 2-3, CIFAR-10",
+        "DDPM++ cont. deep sub-VP: NLL 2.99 bits/dim (PF-ODE), FID 2.41 (PC) / 2.92 (ODE); "
+        "DDPM's ELBO bound 3.70-3.75",
+    ),
+]
+results_card(card)
 
 # %% [markdown]
 # How to read it. The 2D lines put EDM's Heun sampler at 35 calls beside DDPM's at a

@@ -1076,54 +1076,71 @@ for name in cfg.pick(smoke=[], cpu=[], gpu=["cifar10"]):
 # ## Results card
 
 # %%
+from course_lib.show import results_card
+
 elapsed = time.perf_counter() - chapter_start
-w = 58
-print(f"{'run':<{w}} {cfg.describe()}")
-print(f"{'chapter wall time':<{w}} {elapsed:.1f} s")
-print(
-    f"{'quality: 2D KL floor (exact samples)':<{w}} {floor.mean:.3f} ± {floor.std:.3f} nats ({n_study} samples)"
-)
+card = [
+    ("run", cfg.describe()),
+    ("chapter wall time", f"{elapsed:.1f} s"),
+    (
+        "quality: 2D KL floor (exact samples)",
+        f"{floor.mean:.3f} ± {floor.std:.3f} nats ({n_study} samples)",
+    ),
+]
 for label, s in straight.items():
-    print(
-        f"{'straightness S: ' + label:<{w}} {s.straightness:.4f}  (path energy {s.path_energy:.3f})"
+    card.append(
+        (f"straightness S: {label}", f"{s.straightness:.4f}  (path energy {s.path_energy:.3f})")
     )
 for label, kl in one_step_kl.items():
-    print(f"{'quality: 2D KL, one Euler step, ' + label:<{w}} {kl:.3f} nats")
+    card.append((f"quality: 2D KL, one Euler step, {label}", f"{kl:.3f} nats"))
 for label, points in learned_table[ff.EULER].items():
     p4 = next((p for p in points if p.knob == 4), points[0])
-    print(
-        f"{'quality: 2D KL, Euler@' + str(p4.knob) + ', ' + label:<{w}} "
-        f"{p4.quality:.3f} ± {p4.spread:.3f} nats ({len(study_seeds)} seed(s))"
+    card.append(
+        (
+            f"quality: 2D KL, Euler@{p4.knob}, {label}",
+            f"{p4.quality:.3f} ± {p4.spread:.3f} nats ({len(study_seeds)} seed(s))",
+        )
     )
 for label, r in reach.items():
-    print(f"{'Euler NFE to within 0.1 nats of converged, ' + label:<{w}} {r:.0f}")
-print(
-    f"{'likelihood: exact flow log p error':<{w}} {lik_err.max():.1e} nats max over {n_lik} points"
+    card.append((f"Euler NFE to within 0.1 nats of converged, {label}", f"{r:.0f}"))
+card.append(
+    (
+        "likelihood: exact flow log p error",
+        f"{lik_err.max():.1e} nats max over {n_lik} points",
+    )
 )
 for label, v in kl_pq.items():
-    print(
-        f"{'likelihood: 2D KL(p‖q) from exact log p, ' + label:<{w}} {v:.3f} nats ({n_lik} points)"
+    card.append(
+        (f"likelihood: 2D KL(p‖q) from exact log p, {label}", f"{v:.3f} nats ({n_lik} points)")
     )
-print(
-    f"{'quality: MNIST classifier-FID flow@20 NFE vs DDIM@50':<{w}} "
-    f"{best_flow_20.quality:.2f} vs {ddim_50.quality:.2f} (real floor {fid_floor:.2f} ± "
-    f"{fid_floor_std:.2f}, {n_fid} samples; goal {'met' if goal_met else 'not met'}, "
-    f"{'outside' if outside_noise else 'inside'} the spread; not Inception FID)"
+card.append(
+    (
+        "quality: MNIST classifier-FID flow@20 NFE vs DDIM@50",
+        f"{best_flow_20.quality:.2f} vs {ddim_50.quality:.2f} (real floor {fid_floor:.2f} ± "
+        f"{fid_floor_std:.2f}, {n_fid} samples; goal {'met' if goal_met else 'not met'}, "
+        f"{'outside' if outside_noise else 'inside'} the spread; not Inception FID)",
+    )
 )
 for title, p in rows:
-    print(f"{'throughput: MNIST ' + title:<{w}} {p.per_second:.2f} images/s ({cfg.device.type})")
-print(
-    f"{'published: Lipman et al. 2023, Table 1, CIFAR-10':<{w}} FM-OT FID 6.35 @ 142 NFE, "
-    "2.99 bits/dim; FM on the diffusion path 8.06 @ 183; DDPM objective 7.48 @ 274 (dopri5)"
-)
-print(
-    f"{'published: Liu et al. 2023 (ICLR), Table 1, CIFAR-10':<{w}} FID 1-RF 2.58 @ 127 NFE (RK45); "
-    "one Euler step: 1-RF 378, 2-RF 12.21, 3-RF 8.15 (no distillation; secondary sources)"
-)
-print(
-    f"{'published: Tong et al. 2024 (TMLR; torchcfm), CIFAR-10':<{w}} OT-CFM FID 3.5 with dopri5; "
-    "400k iterations at batch 128 (users report ~19 h on one RTX 4090)"
-)
+    card.append((f"throughput: MNIST {title}", f"{p.per_second:.2f} images/s ({cfg.device.type})"))
+card += [
+    (
+        "published: Lipman et al. 2023, Table 1, CIFAR-10",
+        "FM-OT FID 6.35 @ 142 NFE, 2.99 bits/dim; FM on the diffusion path 8.06 @ 183; "
+        "DDPM objective 7.48 @ 274 (dopri5)",
+    ),
+    (
+        "published: Liu et al. 2023 (ICLR), Table 1, CIFAR-10",
+        "FID 1-RF 2.58 @ 127 NFE (RK45); one Euler step: 1-RF 378, 2-RF 12.21, 3-RF 8.15 "
+        "(no distillation; secondary sources)",
+    ),
+    (
+        "published: Tong et al. 2024 (TMLR; torchcfm), CIFAR-10",
+        "OT-CFM FID 3.5 with dopri5; 400k iterations at batch 128 (users report ~19 h on one "
+        "RTX 4090)",
+    ),
+]
+results_card(card)
 
 # %% [markdown]
 # How to read it. The 2D lines are measured against exact answers: the floor of exact

@@ -658,36 +658,50 @@ print(sf.format_likelihood_rows(bpd_rows, unit="bits/dim"))
 # ## Results card
 
 # %%
+from course_lib.show import results_card
+
 elapsed = time.perf_counter() - chapter_start
-w = 58
-print(f"{'run':<{w}} {cfg.describe()}")
-print(f"{'chapter wall time':<{w}} {elapsed:.1f} s")
-print(
-    f"{'cost: one training step, MLE (RK4 x 8) vs flow matching':<{w}} {1000 * mle_step:.0f} ms vs {1000 * fm_step:.1f} ms (batch 128)"
-)
-print(
-    f"{'likelihood: exact-field CNF log p error, tightest tol':<{w}} {tol_rows[-1].max_error:.1e} nats ({tol_rows[-1].nfe} NFE)"
-)
-print(f"{'gradients: adjoint vs backprop, relative difference':<{w}} {rel:.1e}")
+card = [
+    ("run", cfg.describe()),
+    ("chapter wall time", f"{elapsed:.1f} s"),
+    (
+        "cost: one training step, MLE (RK4 x 8) vs flow matching",
+        f"{1000 * mle_step:.0f} ms vs {1000 * fm_step:.1f} ms (batch 128)",
+    ),
+    (
+        "likelihood: exact-field CNF log p error, tightest tol",
+        f"{tol_rows[-1].max_error:.1e} nats ({tol_rows[-1].nfe} NFE)",
+    ),
+    ("gradients: adjoint vs backprop, relative difference", f"{rel:.1e}"),
+]
 for label, (lik, kl_qp, nfe_s) in rows.items():
-    print(
-        f"{'2D ' + label:<{w}} KL(p‖q) {lik.kl:.3f} ± {lik.se:.3f}, samples KL(q‖p) {kl_qp:.3f} "
-        f"(floor {floor.mean:.3f}), train {train_seconds[label]:.0f} s, NFE log p {lik.nfe} / sample {nfe_s}"
+    card.append(
+        (
+            f"2D {label}",
+            f"KL(p‖q) {lik.kl:.3f} ± {lik.se:.3f}, samples KL(q‖p) {kl_qp:.3f} "
+            f"(floor {floor.mean:.3f}), train {train_seconds[label]:.0f} s, NFE log p {lik.nfe} / sample {nfe_s}",
+        )
     )
-print(
-    f"{'2D RealNVP (6 coupling layers)':<{w}} KL(p‖q) {nvp_kl.kl:.3f} ± {nvp_kl.se:.3f}, train {nvp_result.seconds:.0f} s"
-)
-print(
-    f"{'MNIST bits/dim, chapter 6 flow (Hutchinson)':<{w}} {float(bpd_correct.mean()):.3f} "
-    f"({n_bpd} test digits, tolerance {tol:g}, {cfg.device.type}); chapter 3's ELBO bound "
-    f"{float(elbo_bits.mean()):.3f}"
-)
-print(
-    f"{'published: FFJORD, MNIST / CIFAR-10 bits/dim':<{w}} 0.99 / 3.40 (Grathwohl et al. 2019, Table 2); RealNVP 1.06 / 3.49; Glow 1.05 / 3.35"
-)
-print(
-    f"{'published: flow matching, CIFAR-10':<{w}} 2.99 bits/dim, FID 6.35 @ 142 NFE (Lipman et al. 2023, Table 1)"
-)
+card += [
+    (
+        "2D RealNVP (6 coupling layers)",
+        f"KL(p‖q) {nvp_kl.kl:.3f} ± {nvp_kl.se:.3f}, train {nvp_result.seconds:.0f} s",
+    ),
+    (
+        "MNIST bits/dim, chapter 6 flow (Hutchinson)",
+        f"{float(bpd_correct.mean()):.3f} ({n_bpd} test digits, tolerance {tol:g}, "
+        f"{cfg.device.type}); chapter 3's ELBO bound {float(elbo_bits.mean()):.3f}",
+    ),
+    (
+        "published: FFJORD, MNIST / CIFAR-10 bits/dim",
+        "0.99 / 3.40 (Grathwohl et al. 2019, Table 2); RealNVP 1.06 / 3.49; Glow 1.05 / 3.35",
+    ),
+    (
+        "published: flow matching, CIFAR-10",
+        "2.99 bits/dim, FID 6.35 @ 142 NFE (Lipman et al. 2023, Table 1)",
+    ),
+]
+results_card(card)
 
 # %% [markdown]
 # How to read it. The 2D lines measure every model against the twin's exact $\log p$ on

@@ -752,37 +752,50 @@ print(f"completed digits classified as the original digit: {kept:.2f} ({n_inp} d
 # ## Results card
 
 # %%
+from course_lib.show import results_card
+
 elapsed = time.perf_counter() - chapter_start
-w_ = 58
-print(f"{'run':<{w_}} {cfg.describe()}")
-print(f"{'chapter wall time':<{w_}} {elapsed:.1f} s")
-print(
-    f"{'exact: classifier guidance s = 1 vs conditional model':<{w_}} {float(gap.abs().max()):.1e}"
-)
+card = [
+    ("run", cfg.describe()),
+    ("chapter wall time", f"{elapsed:.1f} s"),
+    ("exact: classifier guidance s = 1 vs conditional model", f"{float(gap.abs().max()):.1e}"),
+]
 for label, rows in exact_rows.items():
     for r in rows:
-        key = f"2D exact {label}, w = {r.w:g}"
-        print(
-            f"{key:<{w_}} KL to tilted {r.kl_tilted:.3f}, in class {r.in_class:.3f}, entropy {r.entropy:.3f}"
+        card.append(
+            (
+                f"2D exact {label}, w = {r.w:g}",
+                f"KL to tilted {r.kl_tilted:.3f}, in class {r.in_class:.3f}, entropy {r.entropy:.3f}",
+            )
         )
 for label, rows in learned_rows.items():
     for r in rows:
-        key = f"2D learned {label}, w = {r.w:g}"
-        print(
-            f"{key:<{w_}} KL to p(x|y) {r.kl_conditional:.3f}, in class {r.in_class:.3f}, entropy {r.entropy:.3f}"
+        card.append(
+            (
+                f"2D learned {label}, w = {r.w:g}",
+                f"KL to p(x|y) {r.kl_conditional:.3f}, in class {r.in_class:.3f}, entropy {r.entropy:.3f}",
+            )
         )
 for w, acc, fid in mnist_rows:
-    key = f"MNIST conditional flow, w = {w:g}"
-    print(
-        f"{key:<{w_}} accuracy {acc:.3f}, classifier-FID {fid:.2f} (floor {fid_floor:.2f} ± {fid_floor_std:.2f}, {n_img} samples)"
+    card.append(
+        (
+            f"MNIST conditional flow, w = {w:g}",
+            f"accuracy {acc:.3f}, classifier-FID {fid:.2f} (floor {fid_floor:.2f} ± {fid_floor_std:.2f}, {n_img} samples)",
+        )
     )
-print(f"{'MNIST inpainting (top half), class kept':<{w_}} {kept:.2f} ({n_inp} digits)")
-print(
-    f"{'published: Ho & Salimans 2022, ImageNet 64, FID / IS':<{w_}} w = 0: 1.8 / 53.7; 0.1: 1.55 / 66.1; 0.3: 3.03 / 92.8; 1: 12.6 / 170.1; 4: 26.22 / 260.2 (p_uncond = 0.1)"
-)
-print(
-    f"{'published: Dhariwal & Nichol 2021, ImageNet 256':<{w_}} conditional model, classifier scale 1.0: FID 10.94 -> 4.59 (IS 186.7); scale 10: 9.11"
-)
+card += [
+    ("MNIST inpainting (top half), class kept", f"{kept:.2f} ({n_inp} digits)"),
+    (
+        "published: Ho & Salimans 2022, ImageNet 64, FID / IS",
+        "w = 0: 1.8 / 53.7; 0.1: 1.55 / 66.1; 0.3: 3.03 / 92.8; 1: 12.6 / 170.1; 4: 26.22 / "
+        "260.2 (p_uncond = 0.1)",
+    ),
+    (
+        "published: Dhariwal & Nichol 2021, ImageNet 256",
+        "conditional model, classifier scale 1.0: FID 10.94 -> 4.59 (IS 186.7); scale 10: 9.11",
+    ),
+]
+results_card(card)
 
 # %% [markdown]
 # How to read it. The 2D lines are measured against exact densities; the MNIST lines

@@ -135,3 +135,92 @@ def check_tweedie(fn) -> str:
         "x̃ + σ² ∇log p_σ(x̃) matches the posterior mean computed by Gaussian conditioning: "
         "a score model is a denoiser."
     )
+
+
+# --------------------------------------------------------------------------- ISM + Hutchinson
+def _ism_hutchinson(score_fn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    s = score_fn(x)
+    # vᵀ ∇_x (vᵀ s) = vᵀ J v: one vector–Jacobian product; the graph is kept so that
+    # the trace term also has a gradient with respect to the parameters
+    (vjp,) = torch.autograd.grad((s * v).sum(), x, create_graph=True)
+    return ((vjp * v).sum(1) + 0.5 * s.pow(2).sum(1)).mean()
+
+
+def _wrong_ism_hutchinson(score_fn, x, v):
+    x = x.detach().requires_grad_(True)
+    s = score_fn(x)
+    (vjp,) = torch.autograd.grad((s * v).sum(), x, create_graph=True)
+    return ((vjp * v).sum(1) + 0.5 * (s * v).sum(1).pow(2)).mean()  # plain sliced, not ISM
+
+
+@exercise(
+    "ch01.ism_hutchinson",
+    solution=_ism_hutchinson,
+    wrong=_wrong_ism_hutchinson,
+    hint=(
+        "J_ISM = E[tr ∇s + ½‖s‖²] and tr J = E_v[vᵀJv]; vᵀJv = vᵀ∇_x(vᵀs) is one "
+        "torch.autograd.grad call with create_graph=True."
+    ),
+)
+def check_ism_hutchinson(fn) -> str:
+    """``fn(score_fn, x, v)`` returns ``mean_b [v_bᵀ ∇s(x_b) v_b + ½‖s(x_b)‖²]``: implicit
+    score matching with the trace replaced by one Hutchinson probe per sample, a scalar
+    tensor whose gradient with respect to the model's parameters is the training
+    signal."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(32, 3, generator=g, dtype=torch.float64)
+    v = torch.randn(32, 3, generator=g, dtype=torch.float64)  # Gaussian: vᵀJv ≠ tr J
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.7 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+
+    def value_and_grads(answer):
+        net.zero_grad()
+        loss = answer(net, x.clone(), v.clone())
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise Mistake("return a scalar tensor: the mean over the batch.")
+        if not loss.requires_grad:
+            raise Mistake("the loss has no gradient: compute it from score_fn's output.")
+        try:
+            loss.backward()
+        except RuntimeError as err:  # the graph of the vector–Jacobian product was freed
+            raise Mistake(
+                "backward through the loss failed: the vector–Jacobian product needs "
+                "create_graph=True, so that the trace term can be differentiated again."
+            ) from err
+        return loss.detach(), [p.grad.clone() for p in net.parameters()]
+
+    want, want_grads = value_and_grads(_ism_hutchinson)
+    got, got_grads = value_and_grads(fn)
+    if torch.allclose(got, _exact_trace_loss(net, x.clone().requires_grad_(True)), rtol=1e-6):
+        raise Mistake("this is the exact trace; use the probes v (one product vᵀJv per sample).")
+    if torch.allclose(got, want - 0.5 * net(x).pow(2).sum(1).mean().detach(), rtol=1e-6):
+        raise Mistake("the ½‖s‖² term is missing.")
+    if torch.allclose(got, _wrong_ism_hutchinson(net, x, v).detach(), rtol=1e-6):
+        raise Mistake(
+            "½(vᵀs)² is the plain sliced loss; implicit score matching keeps ½‖s‖², which "
+            "is its expectation over v and needs no probe."
+        )
+    expect_close(got, want, "the loss value", atol=1e-8, rtol=1e-8)
+    for k, (a, b) in enumerate(zip(got_grads, want_grads, strict=True)):
+        if not torch.allclose(a, b, atol=1e-8, rtol=1e-6):
+            raise Mistake(
+                f"the value is right but the gradient of parameter {k} is not: the trace "
+                "term needs create_graph=True, or it contributes no gradient."
+            )
+    return (
+        "vᵀ∇(vᵀs) + ½‖s‖², one backward pass per batch whatever D; with Gaussian probes this "
+        "is SSM-VR, the variance-reduced sliced loss."
+    )
+
+
+def _exact_trace_loss(score_fn, x: torch.Tensor) -> torch.Tensor:
+    s = score_fn(x)
+    trace = sum(
+        torch.autograd.grad(s[:, i].sum(), x, retain_graph=True)[0][:, i] for i in range(x.shape[1])
+    )
+    return (trace + 0.5 * s.pow(2).sum(1)).mean().detach()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from course_lib import ddpm, schedules
@@ -141,4 +143,119 @@ def check_ancestral_step(fn) -> str:
     return (
         "x_{t-1} = (x_t − β_t/√(1−ᾱ_t) ε̂)/√α_t + √β_t z: the posterior mean at the predicted "
         "x0 (eq. 11), plus fresh noise except at the last step."
+    )
+
+
+# --------------------------------------------------------------------------- derive the posterior
+def _posterior(x0, xt, alpha_bar_t: float, alpha_bar_prev: float):
+    beta = 1 - alpha_bar_t / alpha_bar_prev
+    c0 = alpha_bar_prev**0.5 * beta / (1 - alpha_bar_t)
+    ct = (1 - beta) ** 0.5 * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
+    return c0 * x0 + ct * xt, (1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta
+
+
+def _wrong_posterior(x0, xt, alpha_bar_t, alpha_bar_prev):
+    mean, _ = _posterior(x0, xt, alpha_bar_t, alpha_bar_prev)
+    return mean, 1 - alpha_bar_t / alpha_bar_prev  # the forward step's variance beta_t
+
+
+# pairs (alpha_bar_t, alpha_bar_prev): one step of the linear schedule near the data and
+# far from it, and long strides (the same formulas hold for any alpha_bar_prev > alpha_bar_t)
+_POSTERIOR_CASES = [(0.9999 * 0.9998, 0.9999), (0.3, 0.306), (0.2, 0.7), (0.01, 0.5)]
+
+
+@exercise(
+    "ch03.posterior",
+    solution=_posterior,
+    wrong=_wrong_posterior,
+    hint="collect the exponent's terms in x_{t-1}: precision alpha_t / beta_t + 1 / (1 - "
+    "alpha_bar_{t-1}); the mean is the linear coefficient over the precision.",
+)
+def check_posterior(fn) -> str:
+    """``fn(x0, xt, alpha_bar_t, alpha_bar_prev)`` returns ``(mean, variance)`` of
+    ``q(x_{t-1} | x_t, x0)`` (DDPM eqs. 6-7) with ``beta_t = 1 - alpha_bar_t /
+    alpha_bar_prev``; the variance a number, the mean of the shape of ``x0``."""
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    xt = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    for ab_t, ab_prev in _POSTERIOR_CASES:
+        got = fn(x0.clone(), xt.clone(), ab_t, ab_prev)
+        if got is None or len(got) != 2:
+            raise Mistake("return a pair (mean, variance).")
+        mean, var = torch.as_tensor(got[0], dtype=torch.float64), float(got[1])
+        # the reference: the course's q_posterior on the two-level schedule (prev, t)
+        pair = schedules.DiscreteSchedule(torch.tensor([1.0, ab_prev, ab_t], dtype=torch.float64))
+        want = ddpm.q_posterior(x0, xt, 2, pair)
+        beta = 1 - ab_t / ab_prev
+        if abs(var - beta) < 1e-12 * max(1.0, beta) and beta != float(want.variance):
+            raise Mistake(
+                "that is the forward step's variance beta_t; knowing x0 makes the step back "
+                "more certain: beta_tilde_t = (1 - alpha_bar_prev) / (1 - alpha_bar_t) beta_t."
+            )
+        if not abs(var - float(want.variance)) <= 1e-9 + 1e-6 * float(want.variance):
+            raise Mistake(
+                f"the variance for alpha_bar_t = {ab_t:.6g}, alpha_bar_prev = {ab_prev:.6g} "
+                f"should be {float(want.variance):.6g}, got {var:.6g}."
+            )
+        expect_close(mean, want.mean, f"the mean at alpha_bar_t = {ab_t:.6g}", atol=1e-9, rtol=1e-7)
+    return (
+        "β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) β_t and μ̃_t = √ᾱ_{t−1} β_t/(1−ᾱ_t) x0 "
+        "+ √α_t (1−ᾱ_{t−1})/(1−ᾱ_t) x_t: Bayes with two Gaussians, for one step or a stride."
+    )
+
+
+# --------------------------------------------------------------------------- one term of the bound
+def _kl_term(x0, x0_hat, xt, alpha_bar_t: float, alpha_bar_prev: float, sigma2: float):
+    mean, var = _posterior(x0, xt, alpha_bar_t, alpha_bar_prev)
+    mean_hat, _ = _posterior(x0_hat, xt, alpha_bar_t, alpha_bar_prev)
+    d = x0.numel()
+    r = var / sigma2
+    return float(((mean - mean_hat) ** 2).sum() / (2 * sigma2) + d / 2 * (r - 1 - math.log(r)))
+
+
+def _wrong_kl_term(x0, x0_hat, xt, alpha_bar_t, alpha_bar_prev, sigma2):
+    mean, _ = _posterior(x0, xt, alpha_bar_t, alpha_bar_prev)
+    mean_hat, _ = _posterior(x0_hat, xt, alpha_bar_t, alpha_bar_prev)
+    return float(((mean - mean_hat) ** 2).sum() / (2 * sigma2))  # the variance part dropped
+
+
+@exercise(
+    "ch03.kl_term",
+    solution=_kl_term,
+    wrong=_wrong_kl_term,
+    hint="KL(N(m1, v1 I) || N(m2, v2 I)) in D dimensions = |m1 - m2|^2 / (2 v2) + D/2 (v1/v2 "
+    "- 1 - log(v1/v2)); both means are mu_tilde, one at x0 and one at x0_hat.",
+)
+def check_kl_term(fn) -> str:
+    """``fn(x0, x0_hat, xt, alpha_bar_t, alpha_bar_prev, sigma2)`` returns one term of the
+    bound, ``L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p_theta(x_{t-1} | x_t))`` in nats, for
+    one sample ``(D,)`` and the model ``N(mu_tilde(x_t, x0_hat), sigma2 I)``."""
+    g = torch.Generator().manual_seed(4)
+    d = 6
+    x0 = torch.randn(d, generator=g, dtype=torch.float64)
+    x0_hat = x0 + 0.1 * torch.randn(d, generator=g, dtype=torch.float64)
+    xt = torch.randn(d, generator=g, dtype=torch.float64)
+    for ab_t, ab_prev in _POSTERIOR_CASES[1:]:
+        beta = 1 - ab_t / ab_prev
+        beta_tilde = (1 - ab_prev) / (1 - ab_t) * beta
+        for sigma2 in (beta_tilde, beta):
+            got = fn(x0.clone(), x0_hat.clone(), xt.clone(), ab_t, ab_prev, sigma2)
+            if got is None:
+                raise Mistake("return the KL divergence, a number in nats.")
+            got = float(got)
+            want = _kl_term(x0, x0_hat, xt, ab_t, ab_prev, sigma2)
+            mean_only = _wrong_kl_term(x0, x0_hat, xt, ab_t, ab_prev, sigma2)
+            if sigma2 != beta_tilde and math.isclose(got, mean_only, rel_tol=1e-6):
+                raise Mistake(
+                    "with sigma_t^2 = beta_t the two variances differ, and the KL has a "
+                    "second part, D/2 (r - 1 - log r) with r = beta_tilde / sigma^2."
+                )
+            if not math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9):  # also rejects NaN
+                raise Mistake(
+                    f"for alpha_bar_t = {ab_t}, alpha_bar_prev = {ab_prev}, sigma^2 = "
+                    f"{sigma2:.4g} the KL is {want:.6g} nats, got {got:.6g}."
+                )
+    return (
+        "L_{t−1} = |μ̃(x0) − μ̃(x̂0)|²/(2σ_t²) + D/2 (β̃/σ_t² − 1 − log β̃/σ_t²): a weighted squared "
+        "error c0² |x0 − x̂0|²/(2σ_t²) plus a constant that vanishes when σ_t² = β̃_t."
     )
