@@ -2,15 +2,16 @@
 
 Measures and appends to ``benchmarks/results.md``, with the GPU's name:
 
-1. training images/s of the CIFAR-10 U-Net, DDPM's 35.7M configuration (``ddpm35m``) and
+1. training images/s of the CIFAR-10 U-Net, DDPM's configuration (``ddpm35m``: 40.1M
+   parameters in the course's U-Net, 35.7M in DDPM's code) and
    the course's ``gpu`` recipe, in fp32 eager and in bf16 autocast + channels-last +
    ``torch.compile`` (compilation and warm-up steps untimed), with peak memory;
 2. a training run of ``--train-minutes`` (default 5) of the ``gpu`` recipe through
    chapter 9's :func:`course_lib.capstone.train_capstone` (bf16, channels-last), its
    classifier-feature FID, and sampling images/s of every sampler on that checkpoint.
 
-The goal for 1 on an H100-class GPU: at least 5,000 training images/s for the 35.7M
-U-Net in bf16 (DDPM trained at about 2,700 on a TPU v3-8).
+The goal for 1 on an H100-class GPU: at least 5,000 training images/s for DDPM's
+configuration in bf16 (DDPM trained at about 2,700 on a TPU v3-8).
 
     python benchmarks/gpu_check.py                  # on a CUDA machine
     python benchmarks/gpu_check.py --quick --out /tmp/check.md  # same code paths, CPU, seconds

@@ -14,7 +14,7 @@ The same entry point runs in a notebook (one process) and from the command line:
 
     python -m course_lib.capstone train --objective eps --profile gpu
     torchrun --nproc_per_node=4 -m course_lib.capstone train --objective eps --profile gpu
-    python -m course_lib.capstone sample --objective eps --profile gpu --sampler "EDM Heun" --nfe 35
+    python -m course_lib.capstone sample --objective eps --profile gpu --knob 18
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import argparse
 import contextlib
 import json
 import math
+import os
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -32,7 +35,7 @@ import torch
 from torch import nn
 
 from course_lib import data as data_module
-from course_lib import distributed, image_diffusion, objectives, recipes, train
+from course_lib import distributed, evaluate, image_diffusion, objectives, recipes, train
 from course_lib import sde_figures as sf
 from course_lib.config import Config, get_config
 from course_lib.flow_figures import EULER as FLOW_EULER
@@ -44,11 +47,12 @@ _CIFAR = dict(dataset="cifar10", schedule="linear", T=1000, flip=True)
 #: Chapter 9's budgets. ``smoke`` takes every code path in seconds; ``cpu`` trains a
 #: 0.3M-parameter U-Net for a couple of minutes on two cores (colour blobs with the
 #: right statistics, not objects: say so when you show them); ``gpu`` is the course's
-#: CIFAR-10 model of chapters 3–6 (9M parameters, about half an hour on one modern GPU).
-#: ``ddpm35m`` is DDPM's own CIFAR-10 network (Ho et al. 2020, App. B: 128 channels,
-#: multipliers 1, 2, 2, 2, two residual blocks, attention at 16x16, dropout 0.1; 35.7M
-#: parameters) with its batch, learning rate, warm-up and EMA, trained for a budget
-#: you choose (``--steps``; DDPM trained it for 800k steps).
+#: CIFAR-10 model of chapters 3–6 (10M parameters, about half an hour on one modern GPU).
+#: ``ddpm35m`` is DDPM's CIFAR-10 configuration (Ho et al. 2020, App. B: 128 channels,
+#: multipliers 1, 2, 2, 2, two residual blocks, attention at 16x16, dropout 0.1) built
+#: with the course's U-Net — 40.1M parameters, against 35.7M in DDPM's own code — with
+#: DDPM's batch, learning rate, warm-up and EMA, trained for a budget you choose
+#: (``--steps``; DDPM trained it for 800k steps).
 RECIPES: dict[str, ImageRecipe] = {
     "smoke": ImageRecipe(
         **_CIFAR,
@@ -110,9 +114,9 @@ PUBLISHED_BUDGETS: tuple[tuple[str, str, str], ...] = (
         "Inception FID 1.97 unconditional at 35 NFE (min over 3 sets of 50k; Karras et al. 2022)",
     ),
     (
-        "flow matching (OT path), 400k iterations at batch 128 (torchcfm's recipe)",
+        "OT-CFM (torchcfm's recipe), 400k iterations at batch 128",
         "one RTX 4090 about 19 h, one V100 about 60 h (users' reports)",
-        "Inception FID 6.35 with dopri5 at 142 NFE (Lipman et al. 2023, Table 1)",
+        "Inception FID 3.5 with dopri5, against the train split (Tong et al. 2023, README)",
     ),
 )
 
@@ -221,18 +225,23 @@ def train_capstone(
     (:class:`course_lib.distributed.EpochBatches`); every random number of step ``k``
     (flips, times or noise levels, noise: :func:`course_lib.objectives.draw`; dropout:
     torch's generator reseeded by ``(seed, k, rank)``) depends on ``(seed, k)`` only.
-    Hence a run takes the same steps with 1 or ``W`` processes (up to float rounding in
-    the gradient all-reduce, and exactly the same when the recipe has no dropout), a
-    checkpoint resumes with any process count, and a killed run resumes to the weights
-    of an uninterrupted one. Rank 0 writes the checkpoint (atomically) every
-    ``checkpoint_every`` steps and at the end; on CUDA the loop runs in bf16 autocast
-    on channels-last tensors, ``compile=True`` adds ``torch.compile``.
+    Hence, for a recipe without dropout, a run takes the same steps with 1 or ``W``
+    processes up to the rounding of the gradient all-reduce (dropout masks are drawn
+    per process, so with dropout ``W`` processes run the same recipe, not the same
+    bits); a checkpoint resumes with any process count; and a killed run resumes to
+    the weights of an uninterrupted one (bit for bit on the CPU; on a GPU, bf16 and
+    cuDNN's nondeterministic kernels make it close, not bitwise). Rank 0 writes the
+    checkpoint (atomically) every ``checkpoint_every`` steps and at the end; on CUDA the
+    loop runs in bf16 autocast on channels-last tensors, ``compile=True`` adds
+    ``torch.compile``.
 
     ``dtype=torch.float64`` trains in double precision: slow, but it shows that ``W``
-    processes take the one-process steps to ``1e-12``. In float32 the first Adam steps
-    amplify the all-reduce's rounding wherever a gradient is a sum of terms that nearly
-    cancel (the output convolution starts at zero): Adam's update ``g / (√v + ε)`` is
-    about ``sign(g)``, and a rounding-sized ``g`` can change sign.
+    processes take the one-process steps to about ``1e-12``. In float32 the first Adam
+    steps amplify the all-reduce's rounding: Adam's first update ``-lr·g/(|g| + ε)`` is
+    about ``-lr·sign(g)`` whatever ``|g|`` is, and in the zero-initialised convolutions
+    (the output layer, each residual branch's second convolution) the first gradients
+    are sums of nearly cancelling terms whose sign a change in summation order can
+    flip (measured: ``6e-4`` after four steps in float32).
     """
     r = r or recipe(cfg)
     obj = objectives.get(objective, r.T, r.schedule)
@@ -295,6 +304,7 @@ def sample(
     seed: int = 0,
     dist: distributed.Dist | None = None,
     batch_size: int = 500,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``n`` samples (on the CPU) from ``sampler`` at ``knob``, drawn in batches of at
     most ``batch_size``, sharded over the processes of ``dist``: rank ``r`` draws
@@ -307,7 +317,7 @@ def sample(
     for j in range(per_rank):
         b = dist.rank + j * dist.world_size
         z_gen = torch.Generator().manual_seed(seed + 1000 * b)
-        z = torch.randn((batch_size, *shape), generator=z_gen).to(dist.device)
+        z = torch.randn((batch_size, *shape), generator=z_gen).to(dist.device, dtype)
         g = torch.Generator(device=dist.device).manual_seed(seed + 1000 * b + 1)
         x = sampler(knob, z, g).x if b < n_batches else torch.zeros_like(z)
         mine.append(x)
@@ -316,6 +326,52 @@ def sample(
     # gathered[r, j] is batch r + j W: reorder to batch order
     ordered = gathered.transpose(0, 1).reshape(-1, *shape)
     return ordered[:n].float().cpu()
+
+
+# ------------------------------------------------------- several processes, checked
+def cli_command(args: Sequence[str], processes: int = 1, port: int | None = None) -> list[str]:
+    """The command line that runs this module's CLI with ``args`` as one process, or as
+    ``processes`` processes under ``torchrun`` on this machine (loopback address)."""
+    if processes == 1:
+        return [sys.executable, "-m", "course_lib.capstone", *args]
+    if port is None:
+        with socket.socket() as s:  # a free port for the processes to meet on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    return [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+        "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+        "-m", "course_lib.capstone", *args,
+    ]  # fmt: skip
+
+
+def run_cli(
+    args: Sequence[str], processes: int = 1, env: dict[str, str] | None = None
+) -> dict[str, object]:
+    """Run the CLI (``train`` prints a JSON report on its last line: returned as a dict)
+    and raise a ``RuntimeError`` with the tail of its error output if it fails."""
+    out = subprocess.run(
+        cli_command(args, processes), env={**os.environ, **(env or {})},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(args)} with {processes} process(es) failed:\n{out.stderr[-3000:]}"
+        )
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
+    return json.loads(last) if last.startswith("{") else {"output": out.stdout}
+
+
+def max_weight_difference(a: str | Path, b: str | Path) -> float:
+    """``max |w_a - w_b|`` over the weights and EMA weights of two checkpoints."""
+    states = [torch.load(p, map_location="cpu", weights_only=False) for p in (a, b)]
+    flat = [
+        {f"{part}.{k}": v for part in ("model", "ema") for k, v in st[part].items()}
+        for st in states
+    ]
+    if flat[0].keys() != flat[1].keys():
+        raise ValueError(f"{a} and {b} hold different networks")
+    return max(float((flat[0][k].double() - flat[1][k].double()).abs().max()) for k in flat[0])
 
 
 # -------------------------------------------------------------------------- CLI
@@ -341,9 +397,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=500)
     s = sub.choices["sample"]
     s.add_argument("--sampler", default="EDM Heun")
-    s.add_argument("--nfe", type=int, default=18, help="the sampler's knob (steps)")
+    s.add_argument(
+        "--knob",
+        type=int,
+        default=18,
+        help="the sampler's knob: steps for the Euler, Heun, DDIM, DDPM and PC samplers "
+        "(EDM Heun with N steps costs 2N - 1 NFE), k for dopri5's tolerance 10^-k",
+    )
     s.add_argument("-n", type=int, default=1000, help="number of samples")
+    s.add_argument("--batch-size", type=int, default=500, help="samples per sampler call")
     s.add_argument("--out", default="samples.pt", help="where rank 0 saves the samples")
+    s.add_argument("--fid", action="store_true", help="rank 0 prints the course's FID")
     return p
 
 
@@ -388,11 +452,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(
                     f"unknown sampler {args.sampler!r}; choose one of {', '.join(table)}"
                 )
-            x = sample(table[args.sampler], args.nfe, args.n, tuple(cap.images.shape[1:]),
-                       dist=dist)  # fmt: skip
+            shape = tuple(cap.images.shape[1:])
+            x = sample(table[args.sampler], args.knob, args.n, shape, dist=dist,
+                       batch_size=args.batch_size, dtype=dtype)  # fmt: skip
             if dist.is_main:
                 torch.save(x, args.out)
-                print(f"{x.shape[0]} samples -> {args.out}")
+                print(f"{x.shape[0]} samples ({args.sampler}, knob {args.knob}) -> {args.out}")
+                if args.fid:
+                    fid = evaluate.course_evaluator(cfg, "cifar10").fid(x)
+                    print(
+                        f"course classifier-feature FID {fid:.2f}: {x.shape[0]} samples "
+                        f"against the {cfg.train_split} split, seed 0"
+                    )
     finally:
         distributed.shutdown()
     return 0

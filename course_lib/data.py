@@ -472,8 +472,10 @@ def _image_files(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 
 def _decode_images(
-    files: Sequence[tuple[Path | str, int]], opener: Callable[[Path | str], Any] = open
+    files: Sequence[tuple[Path | str, int]], opener: Callable[[Path | str], Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode image files (``opener(path)`` gives a binary file object) to a uint8
+    ``(N, 3, H, W)`` tensor and their labels."""
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -510,7 +512,8 @@ def _load_image_folder(split_dir: Path, split: str) -> ImageDataset:
     classes, files = _image_files(split_dir)
     if not files:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {split_dir}/<class>/")
-    return _cached_images(split_dir.parent / f"{split}.cache.pt", split, classes, files, open)
+    cache = split_dir.parent / f"{split}.cache.pt"
+    return _cached_images(cache, split, classes, files, lambda path: open(path, "rb"))
 
 
 def _load_image_zip(archive: Path, split: str) -> ImageDataset:

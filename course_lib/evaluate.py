@@ -222,9 +222,10 @@ def inception_fid(samples: torch.Tensor, reference: torch.Tensor) -> float:
         import torch_fidelity
     except ImportError as err:
         raise RuntimeError(
-            "Inception FID needs the package torch-fidelity (pip install torch-fidelity) and "
-            "internet access for its Inception weights. Offline, use the course's "
-            "classifier-feature FID (evaluate.load_evaluator(...).fid(samples))."
+            "Inception FID needs the package torch-fidelity (pip install -e '.[fid]' in the "
+            "course's folder, or pip install torch-fidelity) and internet access for its "
+            "Inception weights. Offline, use the course's classifier-feature FID "
+            "(evaluate.course_evaluator(cfg, name).fid(samples))."
         ) from err
 
     class _Images(torch.utils.data.Dataset):

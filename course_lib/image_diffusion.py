@@ -194,9 +194,7 @@ def training_images(cfg: Config, r: ImageRecipe) -> tuple[torch.Tensor, torch.Te
     return ds.to_float().to(cfg.device), ds.labels.to(cfg.device)
 
 
-def seeded_unet(
-    cfg: Config, r: ImageRecipe, channels: int, num_classes: int | None = None
-) -> UNet:
+def seeded_unet(cfg: Config, r: ImageRecipe, channels: int, num_classes: int | None = None) -> UNet:
     """The recipe's U-Net with initial weights seeded by ``r.seed`` (the caller's random
     stream is untouched), on ``cfg.device``, channels-last on CUDA."""
     with torch.random.fork_rng(devices=[]):

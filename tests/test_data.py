@@ -354,6 +354,26 @@ def cifar_tree(tmp_path: Path, cifar_zip: Path) -> Path:
     return tmp_path
 
 
+def test_cifar_zipped_tree_reads_like_the_folder(cifar_tree: Path, tmp_path: Path) -> None:
+    """``cifar10/test.zip`` holding the tree decodes to the same pixels and labels as the
+    extracted folder, without extracting anything; a damaged archive names the fix."""
+    root = tmp_path / "zipped"
+    (root / "cifar10").mkdir(parents=True)
+    with zipfile.ZipFile(root / "cifar10" / "test.zip", "w") as zf:
+        for f in sorted((cifar_tree / "cifar10" / "test").rglob("*.jpg"), reverse=True):
+            zf.write(f, f.relative_to(cifar_tree / "cifar10").as_posix())
+    zipped = data.load("cifar10", "test", root=root, download=False)
+    folder = data.load("cifar10", "test", root=cifar_tree, download=False)
+    assert torch.equal(zipped.images, folder.images) and torch.equal(zipped.labels, folder.labels)
+    assert zipped.classes == folder.classes
+    assert sorted(p.name for p in (root / "cifar10").iterdir()) == ["test.cache.pt", "test.zip"]
+    bad = tmp_path / "bad"
+    (bad / "cifar10").mkdir(parents=True)
+    (bad / "cifar10" / "test.zip").write_bytes(b"PK\x03\x04 this is not a zip archive")
+    with pytest.raises(data.DataFileError, match="not a readable zip archive"):
+        data.load("cifar10", "test", root=bad, download=False)
+
+
 def test_cifar_image_folder_and_cache(cifar_tree: Path, monkeypatch) -> None:
     from PIL import Image
 

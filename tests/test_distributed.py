@@ -4,12 +4,9 @@ resume with any process count, and a run killed with SIGKILL that resumes exactl
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -18,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib import distributed, objectives
+from course_lib import capstone, distributed, objectives
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,15 +93,8 @@ def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(root: Path) -> dict[str, str]:
     return {
-        **os.environ,
         "COURSE_DATA": str(root),
         "COURSE_TRAIN_SPLIT": "test",
         "COURSE_PROFILE": "smoke",
@@ -114,37 +104,12 @@ def _env(root: Path) -> dict[str, str]:
     }
 
 
-def _train_cmd(procs: int, steps: int, ckpt: Path, *extra: str) -> list[str]:
-    args = ["train", "--objective", "eps", "--steps", str(steps), "--checkpoint", str(ckpt)]
-    if procs == 1:
-        return [sys.executable, "-m", "course_lib.capstone", *args, *extra]
-    return [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
-        "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "course_lib.capstone", *args, *extra,
-    ]  # fmt: skip
+def _train_args(steps: int, ckpt: Path, *extra: str) -> list[str]:
+    return ["train", "--objective", "eps", "--steps", str(steps), "--checkpoint", str(ckpt), *extra]
 
 
 def _train(root: Path, procs: int, steps: int, ckpt: Path, *extra: str) -> dict:
-    out = subprocess.run(
-        _train_cmd(procs, steps, ckpt, *extra), env=_env(root), capture_output=True, text=True,
-        timeout=300, cwd=ROOT,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    flat = {f"model.{k}": v for k, v in state["model"].items()}
-    flat.update({f"ema.{k}": v for k, v in state["ema"].items()})
-    return flat
-
-
-def _max_diff(a: Path, b: Path) -> float:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
+    return capstone.run_cli(_train_args(steps, ckpt, *extra), procs, _env(root))
 
 
 @pytest.fixture(scope="module")
@@ -160,12 +125,30 @@ def test_two_gloo_processes_take_the_one_process_steps(
 ) -> None:
     report = _train(tiny_cifar, 2, 4, tmp_path / "two.pt", "--float64")
     assert report["processes"] == 2
-    # the all-reduce sums in another order; in float64 that rounding stays far below
-    # 1e-6 (float32 would not: see capstone.train_capstone on Adam's first steps)
-    assert _max_diff(one_process_run, tmp_path / "two.pt") < 1e-6
+    # the all-reduce sums in another order; in float64 that rounding is about 1e-12
+    # (in float32 Adam's first steps amplify it to ~1e-4: see capstone.train_capstone)
+    assert capstone.max_weight_difference(one_process_run, tmp_path / "two.pt") < 1e-9
     # and the runs did move the weights (a test that cannot fail would pass without it)
     init = _train(tiny_cifar, 1, 1, tmp_path / "first_step.pt", "--float64")
-    assert init["steps"] == 1 and _max_diff(one_process_run, tmp_path / "first_step.pt") > 1e-4
+    assert (
+        init["steps"] == 1
+        and capstone.max_weight_difference(one_process_run, tmp_path / "first_step.pt") > 1e-4
+    )
+
+
+def test_sampling_sharded_over_two_processes_is_the_one_process_sampling(
+    tiny_cifar: Path, one_process_run: Path, tmp_path: Path
+) -> None:
+    outs = []
+    for procs in (1, 2):
+        out = tmp_path / f"samples{procs}.pt"
+        args = ["--sampler", "DDIM, η = 0", "--knob", "2", "-n", "6", "--batch-size", "2"]
+        sample_args = ["sample", "--objective", "eps", "--steps", "4", "--checkpoint",
+                       str(one_process_run), "--float64", *args, "--out", str(out)]  # fmt: skip
+        capstone.run_cli(sample_args, procs, _env(tiny_cifar))
+        outs.append(torch.load(out))
+    assert outs[0].shape == (6, 3, 32, 32)
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)  # three batches: ranks 0, 1, 0
 
 
 @pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
@@ -176,7 +159,7 @@ def test_a_checkpoint_resumes_with_another_process_count(
     assert _train(tiny_cifar, first, 2, ckpt, "--float64")["steps"] == 2
     report = _train(tiny_cifar, then, 4, ckpt, "--float64")
     assert (report["resumed_at"], report["steps"], report["processes"]) == (2, 4, then)
-    assert _max_diff(one_process_run, ckpt) < 1e-6
+    assert capstone.max_weight_difference(one_process_run, ckpt) < 1e-9
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(
@@ -186,9 +169,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(
     full = tmp_path / "full.pt"
     _train(tiny_cifar, 1, steps, full)
     ckpt = tmp_path / "killed.pt"
-    cmd = _train_cmd(1, steps, ckpt, "--checkpoint-every", str(every))
-    proc = subprocess.Popen(cmd, env=_env(tiny_cifar), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    cmd = capstone.cli_command(_train_args(steps, ckpt, "--checkpoint-every", str(every)))
+    proc = subprocess.Popen(cmd, env={**os.environ, **_env(tiny_cifar)}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -202,4 +185,6 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(
     assert 0 < killed_at < steps, "the run ended before it could be killed: make it longer"
     report = _train(tiny_cifar, 1, steps, ckpt)
     assert report["resumed_at"] == killed_at
-    assert _max_diff(full, ckpt) == 0.0  # the same batches, noise and order of operations
+    assert (
+        capstone.max_weight_difference(full, ckpt) == 0.0
+    )  # the same batches, noise and order of operations

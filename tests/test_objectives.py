@@ -153,3 +153,32 @@ def test_sharded_sampling_does_not_depend_on_the_process_count() -> None:
     assert torch.equal(rank0[:4], one[:4]) and torch.equal(rank0[4:6], one[8:10])
     assert torch.equal(rank1[:4], one[4:8])
     assert not torch.equal(one[:4], one[4:8])
+
+
+def test_edm_and_flow_objectives_use_the_papers_distributions() -> None:
+    """EDM: ln σ = P_mean + P_std n with EDM's (−1.2, 1.2); the flow: t = u on [0, 1]
+    with x0 = the noise and x1 = the image (t = 0 noise). Swapping P_mean and P_std, or
+    training the flow at 1 − t, changes these losses."""
+    x0 = GM.sample(64, generator=torch.Generator().manual_seed(4)).float()
+    d = objectives.draw(1, 2, 64, (2,))
+    net = torch.nn.Linear(2, 2)
+
+    def model(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return net(x) * (1 + c[:, None].float())
+
+    edm_obj = objectives.get("edm")
+    sigma = torch.exp(-1.2 + 1.2 * d.n)
+    want = edm.edm_loss(edm.EDMDenoiser(model), x0, sigma=sigma, noise=d.noise)
+    assert torch.allclose(edm_obj.loss(model, x0, d), want)
+    swapped = edm.edm_loss(
+        edm.EDMDenoiser(model), x0, sigma=torch.exp(1.2 - 1.2 * d.n), noise=d.noise
+    )
+    assert not torch.allclose(edm_obj.loss(model, x0, d), swapped)
+
+    flow_obj = objectives.get("flow")
+    t = d.u.double()
+    want = fm.cfm_loss_at(model, d.noise, x0, t, fm.linear_path())
+    assert torch.allclose(flow_obj.loss(model, x0, d), want)
+    assert not torch.allclose(
+        flow_obj.loss(model, x0, d), fm.cfm_loss_at(model, d.noise, x0, 1 - t, fm.linear_path())
+    )

