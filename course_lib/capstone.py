@@ -20,14 +20,13 @@ The same entry point runs in a notebook (one process) and from the command line:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -198,15 +197,6 @@ def samplers(objective: objectives.Objective, net: nn.Module) -> dict[str, sf.NF
     return table
 
 
-@contextlib.contextmanager
-def _own_random_stream(device: torch.device) -> Iterator[None]:
-    """Training reseeds torch's global generator every step (dropout): keep the
-    caller's stream, CPU and CUDA, as it was."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        yield
-
-
 def train_capstone(
     cfg: Config,
     objective: str = "eps",
@@ -258,7 +248,8 @@ def train_capstone(
     channels_last = cfg.device.type == "cuda"
 
     def next_batch(step: int) -> tuple[torch.Tensor, objectives.Draws]:
-        # dropout draws from torch's generator: make it a function of (seed, step, rank)
+        # dropout draws from torch's generator (forked by train_with_recipe, so the
+        # caller's stream is untouched): make it a function of (seed, step, rank)
         torch.manual_seed((r.seed * 7919 + step) * 64 + dist.rank)
         d = objectives.draw(
             r.seed, step, r.batch_size, shape, dist.rank, dist.world_size, cfg.device
@@ -274,25 +265,44 @@ def train_capstone(
         return obj.loss(net, *batch)
 
     path = Path(checkpoint) if checkpoint is not None else checkpoint_path(cfg, r, objective)
-    with _own_random_stream(cfg.device):
-        result = train.train(
-            model,
-            loss_fn,
-            next_batch,
-            steps=r.steps,
-            lr=r.lr,
-            warmup_steps=r.warmup_steps,
-            ema_decay=r.ema_decay,
-            amp=cfg.use_amp,
-            compile=compile,
-            checkpoint=path,
-            checkpoint_every=checkpoint_every,
-            progress=progress and dist.is_main,
-            desc=f"{objective} on CIFAR-10" + (f" ({dist.world_size} processes)" * dist.active),
-            batch_size=r.batch_size,
-        )
+    result = image_diffusion.train_with_recipe(
+        cfg, r, model, loss_fn, next_batch, path,
+        compile=compile, checkpoint_every=checkpoint_every, progress=progress and dist.is_main,
+        desc=f"{objective} on CIFAR-10" + (f" ({dist.world_size} processes)" * dist.active),
+    )  # fmt: skip
     assert result.ema is not None
     return Capstone(r, obj, result.ema.eval(), images, labels, result, path, dist.world_size)
+
+
+@torch.no_grad()
+def denoising_error(
+    denoiser: objectives.edm.Denoiser,
+    x0: torch.Tensor,
+    sigmas: Sequence[float],
+    seed: int = 0,
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """The denoiser's mean squared error per element at each noise level,
+
+    ``e(σ) = E ||D(x0 + σ ε; σ) - x0||² / D``, estimated on the images ``x0``,
+
+    the one yardstick every objective shares: whatever a network was trained to predict,
+    samplers consume its denoiser, and the loss of each objective is a weighting of
+    ``e(σ)`` over σ (EDM eq. 2 and 8; chapter 6's ``λ_t``). Two reference levels: ``0``
+    at ``σ -> 0`` for a perfect denoiser, and the data's variance per element (the error
+    of predicting the mean image) at ``σ -> ∞``. The noise comes from a generator
+    seeded by ``seed``, the same for every level. Returns a float64 tensor ``(len(sigmas),)``."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=g).to(x0)
+    errors = []
+    for sigma in sigmas:
+        total = 0.0
+        for start in range(0, x0.shape[0], batch_size):
+            x, z = x0[start : start + batch_size], noise[start : start + batch_size]
+            d = denoiser(x + sigma * z, float(sigma))
+            total += float((d.double() - x.double()).pow(2).sum())
+        errors.append(total / x0.numel())
+    return torch.tensor(errors, dtype=torch.float64)
 
 
 @torch.no_grad()

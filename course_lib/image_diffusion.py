@@ -309,26 +309,52 @@ def train_image_model(
         return loss(net, x, generator) if y is None else loss(net, x, y, generator)
 
     path = checkpoint_path(r, cfg, kind)
-    with torch.random.fork_rng(devices=[]):
-        result = train.train(
+    result = train_with_recipe(
+        cfg, r, model, loss_fn, batches, path,
+        compile=compile, checkpoint_every=checkpoint_every, progress=progress,
+        desc=f"{kind} on {r.dataset}", generators=(batch_generator, generator),
+    )  # fmt: skip
+    assert result.ema is not None
+    return TrainedImageModel(result.ema.eval(), images, labels, result, path)
+
+
+def train_with_recipe(
+    cfg: Config,
+    r: ImageRecipe,
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, train.Batch], torch.Tensor],
+    next_batch: Callable[[int], train.Batch],
+    checkpoint: Path,
+    *,
+    compile: bool = False,
+    checkpoint_every: int = 250,
+    progress: bool = True,
+    desc: str = "training",
+    generators: tuple[torch.Generator, ...] = (),
+) -> train.TrainResult:
+    """:func:`course_lib.train.train` with the recipe's budget (steps, learning rate,
+    warm-up, EMA decay, batch size for the images/s display) and ``cfg``'s bf16 autocast,
+    inside a fork of torch's global random stream (CPU and the training GPU), so that
+    training leaves the caller's stream as it was."""
+    devices = [cfg.device.index or 0] if cfg.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return train.train(
             model,
             loss_fn,
-            batches,
+            next_batch,
             steps=r.steps,
             lr=r.lr,
             warmup_steps=r.warmup_steps,
             ema_decay=r.ema_decay,
             amp=cfg.use_amp,
             compile=compile,
-            checkpoint=path,
+            checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             progress=progress,
-            desc=f"{kind} on {r.dataset}",
-            generators=(batch_generator, generator),
+            desc=desc,
+            generators=generators,
             batch_size=r.batch_size,
         )
-    assert result.ema is not None
-    return TrainedImageModel(result.ema.eval(), images, labels, result, path)
 
 
 def train_image_diffusion(

@@ -182,3 +182,20 @@ def test_edm_and_flow_objectives_use_the_papers_distributions() -> None:
     assert not torch.allclose(
         flow_obj.loss(model, x0, d), fm.cfm_loss_at(model, d.noise, x0, 1 - t, fm.linear_path())
     )
+
+
+def test_denoising_error_of_the_exact_denoiser_spans_zero_to_the_data_variance() -> None:
+    """``e(σ)`` of the posterior mean: near 0 at small σ, the data's variance per
+    element at large σ, increasing in between, and below any other denoiser's."""
+    x0 = GM.sample(4000, generator=torch.Generator().manual_seed(5)).to(torch.float64)
+
+    def exact(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return posterior_mean(x, sigma)
+
+    sigmas = [1e-3, 0.1, 0.5, 2.0, 1e3]
+    e = capstone.denoising_error(exact, x0, sigmas)
+    variance = float(x0.var(0, unbiased=False).mean())
+    assert e[0] < 1e-5 and abs(float(e[-1]) - variance) < 0.01 * variance
+    assert torch.all(e[1:] >= e[:-1])
+    shrunk = capstone.denoising_error(lambda x, s: 0.9 * exact(x, s), x0, sigmas)
+    assert torch.all(shrunk[:-1] > e[:-1])

@@ -55,6 +55,7 @@ if "google.colab" in sys.modules:  # Colab only: install course_lib, keep Colab'
     output.enable_custom_widget_manager()  # ipywidgets 8 on Colab
 
 # %%
+import math
 import time
 
 import matplotlib.pyplot as plt
@@ -233,8 +234,37 @@ plt.show()
 # %% [markdown]
 # The loss does not fall to zero and is not comparable across objectives: each regresses
 # a different target, with a floor set by the conditional variance of that target
-# (chapter 6's constant $C$). What says whether the model is good is the samples, measured
-# below.
+# (chapter 6's constant $C$). A yardstick the three objectives share is the error of the
+# *denoiser* they all become, at each noise level:
+#
+# $$ e(\sigma) = \mathbb E\,\|D(x_0 + \sigma\varepsilon;\sigma) - x_0\|^2 / D, $$
+#
+# which runs from 0 (a perfect denoiser at $\sigma \to 0$) to the data's variance per
+# pixel (predicting the mean image, $\sigma \to \infty$). Every objective's loss is a
+# weighting of this curve over $\sigma$, so it is where a change of objective shows:
+# train another objective and lay its curve over this one.
+
+# %%
+# nine levels from the denoiser's smallest trusted σ to σ_max = 80, log-spaced
+lo, hi = math.log10(objective.sigma_min), math.log10(objective.sigma_max)
+sigmas = torch.logspace(lo, hi, 9, dtype=torch.float64).tolist()
+held = images[: cfg.pick(smoke=32, cpu=500, gpu=2000)]
+e_sigma = capstone.denoising_error(cap.denoiser(), held, sigmas)
+data_var = float(held.double().var(0, unbiased=False).mean())
+fig, ax = plt.subplots(figsize=(5.5, 3.5))
+ax.loglog(sigmas, e_sigma, "o-", color=plotting.COLORS["model"], label=f"{OBJECTIVE} model")
+ax.axhline(data_var, color=plotting.COLORS["data"], ls="--", label="predict the mean image")
+ax.set(xlabel="noise level σ", ylabel="e(σ), squared error per pixel", title="denoising error")
+ax.legend()
+plt.show()
+print(
+    "e(σ) at σ = "
+    + ", ".join(f"{sg:.2g}: {e:.4f}" for sg, e in zip(sigmas, e_sigma.tolist(), strict=True))
+    + f" (data variance {data_var:.4f})"
+)
+
+# %% [markdown]
+# What says whether the model is good in the end is the samples, measured below.
 #
 # ### Why resumption is exact
 #
@@ -580,6 +610,10 @@ card = [
             if res.resumed_at < recipe.steps
             else " (loaded)"
         ),
+    ),
+    (
+        f"denoising error e(σ), σ = {sigmas[0]:.3g} / {sigmas[4]:.3g} / {sigmas[-1]:.3g}",
+        f"{e_sigma[0]:.4f} / {e_sigma[4]:.4f} / {e_sigma[-1]:.4f} (data variance {data_var:.4f})",
     ),
     ("course FID floor (real vs real)", f"{fid_floor:.1f} ± {fid_floor_std:.1f} ({n_fid} images)"),
 ]
