@@ -218,7 +218,7 @@ def ddim_invert(
     ``eps_hat(x_{i+1}, t_{i+1})``. ``"destination"`` matches its time but feeds the
     network a point whose noise level is that of ``t_i``; ``"source"`` matches point and
     time. Chapter 4 measures the round trip: with the trained MNIST U-Net ``"source"``
-    has the smaller error (about 3x at 10 steps, 1.5x at 100), with the 2D models and the
+    has the smaller error (about 3x at 10 steps, 1.1-1.4x at 100), with the 2D models and the
     exact model ``"destination"`` does; both shrink as the grid is refined.
 
     Returns:

@@ -617,8 +617,10 @@ def elbo_terms(
     is close to the true reverse variance ``beta_tilde_t + c0^2 Var(x0 | x_t)``. Near the
     data, where the noise is small against the data's own spread, that is ``~ beta_t``:
     with ``"beta"`` the gap to ``-log p`` vanishes as ``T`` grows (like ``1/T``), while
-    with ``"beta_tilde"`` the first steps alone keep it near ``D * gamma / 2`` nats
-    (``gamma = 0.577``, Euler's constant) for smooth data, however large ``T`` is. This
+    with ``"beta_tilde"`` the first steps alone keep it at least near ``D * gamma / 2``
+    nats (``gamma = 0.577``, Euler's constant; the limit for a constant ``beta``, more
+    for the linear schedule, whose ``beta_t`` grows) for smooth data, however large
+    ``T`` is. This
     is why improved DDPM learns the variance (Nichol & Dhariwal 2021, §3.1, Fig. 2).
 
     Args:

@@ -230,7 +230,7 @@ def annealed_langevin(
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, n: int) -> torch.Tensor:
     """``n`` noise levels from ``sigma_max`` down to ``sigma_min`` with a constant ratio
-    ``γ = σ_{i-1}/σ_i = (σ_max/σ_min)^(1/(n-1))`` (Song & Ermon 2019, Sec. 4.2), float64.
+    ``γ = σ_{i-1}/σ_i = (σ_max/σ_min)^(1/(n-1))`` (Song & Ermon 2019, Sec. 4.1), float64.
     """
     if not sigma_max > sigma_min > 0:
         raise ValueError(

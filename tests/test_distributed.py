@@ -139,16 +139,19 @@ def test_two_gloo_processes_take_the_one_process_steps(
 def test_sampling_sharded_over_two_processes_is_the_one_process_sampling(
     tiny_cifar: Path, one_process_run: Path, tmp_path: Path
 ) -> None:
-    outs = []
+    outs, fids = [], []
     for procs in (1, 2):
         out = tmp_path / f"samples{procs}.pt"
-        args = ["--sampler", "DDIM, η = 0", "--knob", "2", "-n", "6", "--batch-size", "2"]
+        args = ["--sampler", "DDIM, η = 0", "--knob", "2", "-n", "6", "--batch-size", "2", "--fid"]
         sample_args = ["sample", "--objective", "eps", "--steps", "4", "--checkpoint",
                        str(one_process_run), "--float64", *args, "--out", str(out)]  # fmt: skip
-        capstone.run_cli(sample_args, procs, _env(tiny_cifar))
+        printed = capstone.run_cli(sample_args, procs, _env(tiny_cifar))["output"]
         outs.append(torch.load(out))
+        fids.append(float(printed.split("FID ")[1].split(":")[0]))
     assert outs[0].shape == (6, 3, 32, 32)
     assert torch.allclose(outs[0], outs[1], atol=1e-6)  # three batches: ranks 0, 1, 0
+    # the features were extracted by two processes (rows 0, 2, 4 and 1, 3, 5): same FID
+    assert fids[0] == pytest.approx(fids[1], rel=1e-6) and fids[0] > 0
 
 
 @pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
@@ -188,3 +191,27 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(
     assert (
         capstone.max_weight_difference(full, ckpt) == 0.0
     )  # the same batches, noise and order of operations
+
+
+def test_bad_sampler_and_missing_checkpoint_name_the_fix(
+    tiny_cifar: Path, one_process_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in _env(tiny_cifar).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    base = [
+        "sample",
+        "--objective",
+        "eps",
+        "--steps",
+        "4",
+        "--float64",
+        "--out",
+        str(tmp_path / "x.pt"),
+    ]
+    with pytest.raises(ValueError, match=r"unknown sampler 'nope'; choose one of .*EDM Heun"):
+        capstone.main([*base, "--checkpoint", str(one_process_run), "--sampler", "nope"])
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        capstone.main([*base, "--checkpoint", str(tmp_path / "none.pt")])
+    with pytest.raises(SystemExit):  # argparse lists the objectives
+        capstone.main(["train", "--objective", "score"])

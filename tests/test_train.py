@@ -165,6 +165,30 @@ def test_resume_restores_the_batch_and_noise_generators(tmp_path):
     assert not torch.allclose(replayed.model.weight, full.model.weight, atol=1e-4)
 
 
+def test_nan_loss_leaves_the_last_good_checkpoint(tmp_path):
+    """A loss that turns NaN after a checkpoint raises, and the checkpoint on disk is the
+    last good one: the run can go back to it with a lower learning rate."""
+    x, y, _ = linear_problem()
+    ckpt = tmp_path / "run.pt"
+
+    calls = []
+
+    def counted(m, batch):  # finite for 12 steps, then NaN
+        calls.append(1)
+        out = mse(m, batch)
+        return out * float("nan") if len(calls) > 12 else out
+
+    model = nn.Linear(3, 1)
+    with pytest.raises(FloatingPointError, match="step 12"):
+        train.train(
+            model, counted, train.random_batches(x, y, batch_size=16), steps=40, lr=0.01,
+            checkpoint=ckpt, checkpoint_every=5, progress=False, log_every=5,
+        )  # fmt: skip
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 10
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     ckpt = tmp_path / "run.pt"
     model = nn.Linear(1, 1)

@@ -124,7 +124,7 @@ plt.show()
 #
 # The way out, which this whole course is built on, is the **score**:
 #
-# $$ s(x) = \nabla_x \log p(x) = \nabla_x f_\theta(x) - \underbrace{\nabla_x \log Z_\theta}_{=\,0}. $$
+# $$ s_\theta(x) = \nabla_x \log p_\theta(x) = \nabla_x f_\theta(x) - \underbrace{\nabla_x \log Z_\theta}_{=\,0}. $$
 #
 # The gradient with respect to $x$ does not see the constant. The score is a vector field:
 # at every point it says in which direction the density grows fastest, relative to how
@@ -137,8 +137,9 @@ plt.show()
 #
 # Every method in the course first meets two-dimensional data, where we can *see*
 # densities, fields and samples, and where a laptop trains a model in seconds. The course
-# has eight such toys. Each is scaled so that every coordinate has a standard deviation
-# of about one: the scale that the diffusion chapters assume for their data.
+# has eight such toys. Each is scaled so that its coordinates have standard deviations
+# near one (from 0.67 to 1.16; the moons are the flattest): the scale that the diffusion
+# chapters assume for their data.
 
 # %%
 course_lib.show(toys.sample)
@@ -417,9 +418,10 @@ widgets.interact(
 # $$ \mathbb E[x_0 \mid x_t, k] = \mu_k + a C_k\,(a^2 C_k + s^2 I)^{-1} (x_t - a\mu_k). $$
 #
 # Averaging over the component with the responsibilities of $x_t$ under $p_t$ gives
-# $\mathbb E[x_0 \mid x_t] = \sum_k r_k(x_t)\, \mathbb E[x_0 \mid x_t, k]$. Chapter 1 will
-# show that the same quantity equals $(x_t + s^2 \nabla \log p_t(x_t))/a$ — Tweedie's
-# formula — which is why *denoising* and *learning the score* are one problem.
+# $\mathbb E[x_0 \mid x_t] = \sum_k r_k(x_t)\, \mathbb E[x_0 \mid x_t, k]$. Chapter 1 shows,
+# for $a = 1$, that it equals $x_t + s^2 \nabla \log p_t(x_t)$ — Tweedie's formula;
+# applied to $x_t / a$ it gives $(x_t + s^2 \nabla \log p_t(x_t))/a$ in general. This is
+# why *denoising* and *learning the score* are one problem.
 
 # %%
 course_lib.show(GaussianMixture.optimal_denoiser)

@@ -116,8 +116,8 @@ plt.show()
 #
 # 1. **It ignores the normalising constant.** If $p = e^{f}/Z$ then
 #    $\nabla_x \log p = \nabla_x f$; $Z$ is a constant in $x$.
-# 2. **It determines the density.** On a connected region, $\log p(x) - \log p(x_0)$ is the
-#    line integral of $s$ from $x_0$ to $x$, and normalisation fixes the constant. No
+# 2. **It determines the density.** On a connected region, $\log p(x) - \log p(x')$ is the
+#    line integral of $s$ from $x'$ to $x$, and normalisation fixes the constant. No
 #    information is lost by learning $s$ instead of $p$. (In practice there is a catch:
 #    between modes separated by empty space, a learned score says nothing reliable about
 #    how much mass each mode holds. Chapter 2 runs into this.)
@@ -483,7 +483,7 @@ print(f"Rademacher estimates of tr J: {[round(v, 4) for v in five.tolist()]}")
 
 # %% tags=["exercise"]
 def ism_hutchinson(score_fn, x, v):
-    # YOUR CODE HERE: return mean over b of v_bᵀ ∇s(x_b) v_b + ½‖s(x_b)‖²
+    # YOUR CODE HERE: the ISM loss with one Hutchinson probe per sample, a scalar
     raise NotImplementedError
 
 

@@ -373,7 +373,9 @@ course_lib.show(ddpm.q_sample)
 # Before reading on, find its mean and variance yourself: collect the terms of the
 # exponent in $x_{t-1}$; the coefficient of $-\frac12\|x_{t-1}\|^2$ is the precision, and
 # the linear coefficient divided by the precision is the mean. Write
-# `posterior(x0, xt, alpha_bar_t, alpha_bar_prev)` returning `(mean, variance)`, with
+# `posterior(x0, xt, alpha_bar_t, alpha_bar_prev)` returning `(mean, variance)` — the
+# mean a tensor of the shape of `x0`, the variance a number; `alpha_bar_t` and
+# `alpha_bar_prev` are Python floats (use `math.sqrt`) — with
 # $\beta_t = 1 - \bar\alpha_t/\bar\alpha_{t-1}$ and $\alpha_t = 1 - \beta_t$. The check
 # asks for numbers at four pairs of levels, near the data and far from it, one step
 # and long strides (nothing in the algebra needs the two levels to be neighbours).
@@ -682,7 +684,7 @@ course_lib.show(ddpm.loss)
 # $$ \nabla_{x_t}\log q(x_t\mid x_0) = -\frac{x_t - \sqrt{\bar\alpha_t}\,x_0}{1 - \bar\alpha_t} = -\frac{\varepsilon}{\sqrt{1-\bar\alpha_t}} . $$
 #
 # The $\varepsilon$ loss is therefore denoising score matching with the weight
-# $\lambda_t = 1 - \bar\alpha_t$ (the noise variance, exactly chapter 2's $\lambda(\sigma) = \sigma^2$),
+# $1 - \bar\alpha_t$ on each level (the noise variance, exactly chapter 2's $\lambda(\sigma) = \sigma^2$),
 # and a trained noise predictor *is* a score model:
 #
 # $$ s_\theta(x_t, t) = -\frac{\varepsilon_\theta(x_t, t)}{\sqrt{1 - \bar\alpha_t}}, \qquad
@@ -770,11 +772,14 @@ print([round(float(ddpm.v_from(x_many, e_many, t, linear).std()), 3) for t in (1
 #   end.
 #
 # The true reverse variance is $\tilde\beta_t + c_0^2\,\mathrm{Var}(x_0\mid x_t)$ per
-# dimension. It lies between the two *on average* over $x_t$, for data whose covariance
-# is at most $I$ (as the course's data is scaled): it exceeds $\beta_t$ exactly where
-# $\mathrm{Var}(x_0 \mid x_t) > 1 - \bar\alpha_t$, and at a point $x_t$ between two
-# well-separated modes, where the posterior over $x_0$ is split between them, it does.
-# Pointwise it is bounded by neither. The two choices differ only near the data ($\tilde\beta_t/\beta_t = 0$ at
+# dimension. It lies between the two *on average* over $x_t$ and over coordinates
+# whenever the data's mean variance per coordinate is at most 1,
+# $\mathrm{tr}\,\mathrm{Cov}(x_0) \le D$ (true of the course's data: about 0.27 for MNIST
+# in $[-1, 1]$, about 1 for the toys), because the posterior variance is at most the
+# error of the best *linear* estimate. Pointwise it is always at least $\tilde\beta_t$,
+# but it can exceed $\beta_t$: exactly where $\mathrm{Var}(x_0 \mid x_t) > 1 - \bar\alpha_t$,
+# for instance at a point $x_t$ between two well-separated modes, where the posterior
+# over $x_0$ is split between them. The two choices differ only near the data ($\tilde\beta_t/\beta_t = 0$ at
 # $t = 1$, and is within a few percent of 1 from $t \approx 50$ on), which is why they barely matter for
 # samples with $T = 1000$ steps and matter a great deal for the likelihood and for short
 # chains (improved DDPM learns an interpolation between them {cite}`nichol2021improved`).
@@ -1071,8 +1076,8 @@ plt.show()
 # With the `cpu` profile's budget (1000 steps at batch 32: 32,000 digits seen, about
 # half an epoch, a few minutes on two cores), expect many, but not all, samples to read as digits; some are
 # broken strokes or hybrids of two classes. That is the network's budget, not the
-# method: the `gpu` profile trains a bigger U-Net on some fifty times more images with
-# the same code.
+# method: the `gpu` profile shows a bigger U-Net 64 times as many images (8,000 steps at
+# batch 256, about 34 epochs) with the same code.
 #
 # ### Sample quality: classifier-feature FID and nearest neighbours
 #
@@ -1185,8 +1190,9 @@ for who, model in (("learned", g8.model), ("exact", ddpm.exact_model(g8_twin, g8
 # of a bit per dimension worse. The reason is the first few steps: near the data the true
 # reverse variance is close to $\beta_t$, and $\tilde\beta_t$, much smaller there,
 # makes each of those steps overconfident; the penalty does not shrink as $T$ grows
-# (about $D\gamma/2$ nats, with $\gamma = 0.577$ Euler's constant; see the docstring of
-# `elbo_terms`). That is why Ho et al. reported likelihoods with $\beta_t$, and why
+# (at least about $D\gamma/2$ nats for a constant $\beta$, with $\gamma = 0.577$ Euler's
+# constant; the linear schedule's growing $\beta_t$ makes it larger, about 0.5 bits/dim
+# here; see the docstring of `elbo_terms`). That is why Ho et al. reported likelihoods with $\beta_t$, and why
 # improved DDPM learns the variance. The learned model pays a further price for its
 # network error, mostly at small $t$, where the bound is most sensitive. $L_0$ is
 # negative here: a continuous density can exceed one.
@@ -1195,7 +1201,8 @@ for who, model in (("learned", g8.model), ("exact", ddpm.exact_model(g8_twin, g8
 #
 # Now the digits, with DDPM's discrete decoder, so the number is a bound on
 # $-\log_2$ of the *probability* of the 8-bit image, per pixel. Each image costs
-# $T - 1 = 999$ network evaluations, so we take a modest batch of test images and
+# $T = 1000$ network evaluations (999 denoising terms and the decoder), so we take a
+# modest batch of test images and
 # report the standard error of the mean with it.
 #
 # **Probabilities and densities.** Models with a continuous density — normalising

@@ -642,7 +642,7 @@ course_lib.show(df.quality_vs_steps, docstring=False)
 # distance between points, is about one and a half here — the size of the whole
 # toy. A kernel that wide sees the overall shape of a sample well and the width of the
 # moons hardly at all, and blurring the moons is exactly what a sampler with too few
-# steps does. A fixed bandwidth of $h = 0.2$, a fifth of the data's standard deviation,
+# steps does. A fixed kernel bandwidth of $0.2$, a fifth of the data's standard deviation,
 # resolves the moons. (MMDs with different bandwidths are different numbers: do not
 # compare this chapter's with chapter 2's.) Beside every table stands its floor:
 # the MMD that a fresh sample of the truth gets, what a perfect sampler would score.
@@ -671,7 +671,9 @@ for label, (model, draw) in studies.items():
     toy_tables[label] = df.quality_vs_steps(fns, plan, mmd_to_reference)
     floors = torch.tensor([mmd_to_reference(draw(n_toy)) for _ in range(5)])
     toy_floors[label], toy_floor_spread[label] = float(floors.mean()), float(floors.std())
-    print(f"{toy_name}, {label}: MMD (h = {BANDWIDTH}) of {n_toy} samples to {n_ref} of the target")
+    print(
+        f"{toy_name}, {label}: MMD (bandwidth {BANDWIDTH}) of {n_toy} samples to {n_ref} of the target"
+    )
     print(df.format_table(toy_tables[label], floor=toy_floors[label]))
     print()
 
@@ -762,8 +764,8 @@ print(
 # %% [markdown]
 # DDPM's thousand steps are at the floor; DDIM's fifty are well above it, by a few
 # spreads of the floor at this sample size and by about six with 4,000 samples and three
-# seeds (chapter 5's protocol: DDIM@50 0.131 ± 0.009 nats, DDPM@1000 0.024 ± 0.018,
-# floor 0.031 ± 0.016). The split says why: DDIM's
+# seeds (chapter 5's protocol, over runs: DDIM@50 about 0.12–0.13 nats, DDPM@1000 about
+# 0.02, the floor about 0.03, each with a spread near 0.01). The split says why: DDIM's
 # cross-entropy is *lower* than the twin's own entropy $H(p)$ — its samples sit where
 # $p$ is high — and its entropy lower still. The samples are too concentrated, not
 # blurred: the last DDIM step lands on the posterior mean $\mathbb E[x_0 \mid x_{\tau_1}]$,
@@ -1110,10 +1112,10 @@ plt.show()
 # What to notice: the reconstruction error falls as the grid is refined, for the digits
 # and the 2D points alike, whichever step the network is evaluated at. But the better
 # choice differs. For the digits it is the source step: in our `cpu` runs (two sets of
-# eight digits) the rmse at 10 / 20 / 50 / 100 steps was 0.25 / 0.13 / 0.06 / 0.03–0.04
-# with the source step against 0.69–0.80 / 0.20 / 0.085 / 0.043 with the destination step,
+# eight digits) the rmse at 10 / 50 / 100 steps was 0.25 / 0.06 / 0.03–0.04 with the
+# source step against 0.69–0.80 / 0.085 / 0.043 with the destination step,
 # so the chapter uses the source step. For the 2D model it is the other way round,
-# 0.058 / 0.037 / 0.016 / 0.008 at the destination against 0.19 / 0.11 / 0.041 / 0.019
+# 0.058 / 0.016 / 0.008 at the destination against 0.19 / 0.041 / 0.019
 # at the source, and the same holds for the exact model (0.063 against 0.14 at ten
 # steps). The exact model is defined and smooth everywhere, so matching the decoder's
 # *time* is what counts; the U-Net has only seen images whose noise matches its time

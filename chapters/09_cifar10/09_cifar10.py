@@ -237,7 +237,7 @@ plt.show()
 # (chapter 6's constant $C$). A yardstick the three objectives share is the error of the
 # *denoiser* they all become, at each noise level:
 #
-# $$ e(\sigma) = \mathbb E\,\|D(x_0 + \sigma\varepsilon;\sigma) - x_0\|^2 / D, $$
+# $$ e(\sigma) = \tfrac1D\,\mathbb E\,\|D_\theta(x_0 + \sigma\varepsilon;\sigma) - x_0\|^2, $$
 #
 # which runs from 0 (a perfect denoiser at $\sigma \to 0$) to the data's variance per
 # pixel (predicting the mean image, $\sigma \to \infty$). Every objective's loss is a
