@@ -8,11 +8,13 @@ of variables, Chen et al. 2018, Theorem 1):
     d log p_t(x_t) / dt = -∇·v_θ(x_t, t),
     log p_1(x) = log p_0(z) - ∫_0^1 ∇·v_θ(x_t, t) dt,   z = x_0 (the ODE run backwards from x).
 
-Chapter 5's :func:`course_lib.likelihood.ode_log_likelihood` evaluates this without a
-graph; training needs gradients through the solve, so :func:`log_prob` here calls
-``torchdiffeq.odeint`` (backpropagation through the solver's operations) or
-``torchdiffeq.odeint_adjoint`` (the adjoint method: memory independent of the number of
-steps, at the price of a second solve backwards; Chen et al. 2018, §2) directly.
+The right-hand side is chapter 5's :func:`course_lib.likelihood.augmented_drift`, which
+:func:`course_lib.likelihood.ode_log_likelihood` integrates without a graph; training
+needs gradients through the solve, so :class:`CNFDynamics` keeps the graph and
+:func:`log_prob` here calls ``torchdiffeq.odeint`` (backpropagation through the solver's
+operations) or ``torchdiffeq.odeint_adjoint`` (the adjoint method: memory independent of
+the number of steps, at the price of a second solve backwards; Chen et al. 2018, §2)
+directly.
 
 The augmented state also integrates the two regularisers of Finlay et al. 2020
 ("How to train your neural ODE", RNODE), which keep the learned dynamics easy to solve:
@@ -30,10 +32,10 @@ import torch
 import torchdiffeq
 from torch import nn
 
-from course_lib import score_matching
+from course_lib import likelihood, score_matching
 
-DIVERGENCES: tuple[str, ...] = ("exact", "hutchinson")
-PROBES: tuple[str, ...] = ("rademacher", "gaussian")
+DIVERGENCES: tuple[str, ...] = likelihood.DIVERGENCES  # ("exact", "hutchinson")
+PROBES: tuple[str, ...] = score_matching.PROBES  # ("rademacher", "gaussian")
 FIXED_METHODS: tuple[str, ...] = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "bosh3", "adaptive_heun")
 
@@ -90,8 +92,10 @@ class CNFDynamics(nn.Module):
     with the divergence exact (one backward pass per dimension) or Hutchinson's
     ``εᵀ (∂v/∂x) ε`` (one vector-Jacobian product), and the probe ``ε`` fixed for a whole
     solve (set :attr:`probe` before it: a new probe at every call would make the
-    dynamics random, which an adaptive solver cannot integrate). :attr:`nfe` counts the
-    calls. An ``nn.Module`` so that ``odeint_adjoint`` finds the parameters.
+    dynamics random, which an adaptive solver cannot integrate). The first two are
+    chapter 5's :func:`course_lib.likelihood.augmented_drift` with the graph kept.
+    :attr:`nfe` counts the calls. An ``nn.Module`` so that ``odeint_adjoint`` finds the
+    parameters.
     """
 
     def __init__(self, net: nn.Module, divergence: str = "exact", jacobian: bool = True) -> None:
@@ -110,19 +114,12 @@ class CNFDynamics(nn.Module):
         self.nfe += 1
         x = state[0]
         # torchdiffeq's first-step heuristic may probe just past an end of [0, 1]
-        t = t.clamp(0.0, 1.0)
-        with torch.enable_grad():
-            x = x if x.requires_grad else x.detach().requires_grad_(True)
-            v = self.net(x, t.to(x.dtype).expand(x.shape[0]))
-            # create_graph: the divergence must itself be differentiable, by θ (training)
-            # and by x (the adjoint's backward solve differentiates f by the state)
-            vjp = None
-            if self.divergence == "hutchinson" or self.jacobian:
-                (vjp,) = torch.autograd.grad(v, x, self.probe, create_graph=True)
-            if self.divergence == "exact":
-                div = score_matching.exact_divergence(v, x, create_graph=True)
-            else:
-                div = (vjp * self.probe).flatten(1).sum(1)
+        t = t.clamp(0.0, 1.0).to(x.dtype).expand(x.shape[0])
+        # create_graph: the divergence must itself be differentiable, by θ (training) and
+        # by x (the adjoint's backward solve differentiates f by the state)
+        v, div, vjp = likelihood.augmented_drift(
+            self.net, x, t, self.divergence, self.probe, create_graph=True, return_vjp=self.jacobian
+        )
         kinetic = (v**2).flatten(1).sum(1)
         jacobian = (vjp**2).flatten(1).sum(1) if vjp is not None else torch.zeros_like(kinetic)
         return v, div, kinetic, jacobian

@@ -11,10 +11,13 @@ so, integrating from ``t0`` to ``t1`` (Song et al. 2021, App. D.2),
 
 With ``u`` the probability-flow drift (:func:`course_lib.sde.pf_ode_drift`) and
 ``p_{t1}`` the prior, this is the exact likelihood of the model's PF-ODE.
-:func:`ode_log_likelihood` solves the augmented system ``(x, Δ)``, ``dΔ/dt = ∇·u``, with
-the divergence exact (``D`` backward passes) or by Hutchinson's estimator (one, with a
-probe drawn once per solve; Grathwohl et al. 2019, FFJORD). :func:`bits_per_dim` and
-:func:`dequantize` turn it into the number papers report for images.
+:func:`augmented_drift` is the right-hand side of the augmented system ``(x, Δ)``,
+``dΔ/dt = ∇·u``, with the divergence exact (``D`` backward passes) or by Hutchinson's
+estimator (one, with a probe drawn once per solve; Grathwohl et al. 2019, FFJORD);
+:func:`ode_log_likelihood` solves it without a graph, and chapter 7's CNFs
+(:class:`course_lib.cnf.CNFDynamics`) with one, to train through it.
+:func:`bits_per_dim` and :func:`dequantize` turn it into the number papers report for
+images.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "DIVERGENCES",
     "EIGHT_BIT_OFFSET_BITS",
     "LogLikelihood",
+    "augmented_drift",
     "bits_per_dim",
     "dequantize",
     "ode_log_likelihood",
@@ -73,15 +77,75 @@ def _check(divergence: str, probe: str, method: str, t0: float, t1: float) -> No
         raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
 
 
-def _probe_generator(
-    generator: torch.Generator | None, device: torch.device
-) -> tuple[torch.Generator, torch.Tensor]:
-    """A generator and the state to restore before every divergence call, so that every
-    call draws the *same* probe: one probe per sample for the whole solve."""
+def _probe_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """``generator``, or without one a fresh generator seeded from the global one (one
+    draw of the global generator per solve, whatever the size of the probe)."""
     if generator is None:
         generator = torch.Generator(device=device)
         generator.manual_seed(int(torch.randint(0, 2**62, (1,))))
-    return generator, generator.get_state()
+    return generator
+
+
+def augmented_drift(
+    drift: solvers.Drift,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    divergence: str = "exact",
+    probe_vector: torch.Tensor | None = None,
+    create_graph: bool = False,
+    return_vjp: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The right-hand side of the instantaneous change of variables (Chen et al. 2018,
+    Theorem 1), ``d/dt (x, Δ) = (u(x, t), ∇·u(x, t))``, at one point of the augmented
+    state: returns ``(u(x, t), ∇·u(x, t), vᵀ ∂u/∂x)``.
+
+    * ``"exact"``: ``∇·u = tr ∂u/∂x`` by
+      :func:`course_lib.score_matching.exact_divergence`, one backward pass per dimension;
+    * ``"hutchinson"``: ``vᵀ (∂u/∂x) v`` with the probe ``v = probe_vector``,
+      ``E[v vᵀ] = I`` (Hutchinson 1989; FFJORD, Grathwohl et al. 2019, §3.1), from the one
+      vector–Jacobian product ``vᵀ ∂u/∂x``. The caller draws ``v`` once per solve and
+      passes the same tensor at every call: a new probe at every call would make the
+      drift random.
+
+    The third output, ``vᵀ ∂u/∂x`` (shape of ``x``), is returned when it was computed:
+    always for Hutchinson, and for the exact divergence when ``return_vjp=True`` (chapter 7's
+    Jacobian regulariser ``‖vᵀ ∂u/∂x‖²``, Finlay et al. 2020); otherwise ``None``.
+    ``create_graph=True`` keeps the graph of the derivatives, so that the divergence can
+    itself be differentiated (by the parameters to train a CNF, by ``x`` for the adjoint
+    method); ``x`` is used as is when it already requires grad.
+
+    Args:
+        drift: ``u(x, t)``.
+        x: the state, ``(B, ...)``.
+        t: the time as ``drift`` takes it (``(B,)`` for the course's drifts).
+        divergence: ``"exact"`` or ``"hutchinson"``.
+        probe_vector: ``v``, the shape of ``x``; needed for Hutchinson and for ``return_vjp``.
+        create_graph: keep the graph of the derivatives.
+        return_vjp: also compute ``vᵀ ∂u/∂x`` with the exact divergence.
+    """
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"Unknown divergence {divergence!r}. Valid: {', '.join(DIVERGENCES)}.")
+    need_vjp = divergence == "hutchinson" or return_vjp
+    if need_vjp and probe_vector is None:
+        raise ValueError(f"divergence={divergence!r}, return_vjp={return_vjp} needs a probe_vector")
+    with torch.enable_grad():
+        x = x if x.requires_grad else x.detach().requires_grad_(True)
+        u = drift(x, t)
+        v_jac = None
+        if need_vjp:
+            # a field that does not depend on x has a zero Jacobian
+            grad = None
+            if u.requires_grad:
+                (grad,) = torch.autograd.grad(
+                    u, x, probe_vector, create_graph=create_graph, retain_graph=True,
+                    allow_unused=True,
+                )  # fmt: skip
+            v_jac = torch.zeros_like(x) if grad is None else grad
+        if divergence == "exact":
+            div = score_matching.exact_divergence(u, x, create_graph)
+        else:
+            div = (v_jac * probe_vector).flatten(1).sum(1)
+    return u, div, v_jac
 
 
 def ode_log_likelihood(
@@ -106,8 +170,8 @@ def ode_log_likelihood(
     :func:`~course_lib.solvers.solve_ode_adaptive` (``method`` in
     :data:`~course_lib.solvers.ADAPTIVE_METHODS`) or by ``n_steps`` fixed steps
     (:func:`~course_lib.solvers.solve_ode`, ``method`` in
-    :data:`~course_lib.solvers.STEPPERS`). The divergence is
-    :func:`course_lib.score_matching.divergence`:
+    :data:`~course_lib.solvers.STEPPERS`). The right-hand side is
+    :func:`augmented_drift`, without a graph:
 
     * ``"exact"``: ``tr ∂u/∂x``, one backward pass per dimension (2D toys);
     * ``"hutchinson"``: ``vᵀ (∂u/∂x) v`` with ``E[v vᵀ] = I`` (Hutchinson 1989; FFJORD,
@@ -139,28 +203,13 @@ def ode_log_likelihood(
     if x.ndim < 2:
         raise ValueError(f"x must have shape (B, ...), got {tuple(x.shape)}")
     b, shape, d = x.shape[0], x.shape[1:], x[0].numel()
-    gen, state = None, None
-    if divergence == "hutchinson":
-        gen, state = _probe_generator(generator, x.device)
+    v = None
+    if divergence == "hutchinson":  # one probe per sample, the same at every call
+        v = score_matching.probe_vectors(x.shape, x, probe, _probe_generator(generator, x.device))
 
     def augmented(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        held: dict[str, torch.Tensor] = {}
-
-        def u(v: torch.Tensor) -> torch.Tensor:
-            held["u"] = drift(v, t)
-            return held["u"]
-
-        if gen is not None:
-            gen.set_state(state)  # the same probe at every call
-        div = score_matching.divergence(
-            u,
-            y[:, :d].reshape(b, *shape),
-            divergence,
-            probe=probe,
-            generator=gen,
-            create_graph=False,
-        )
-        return torch.cat([held["u"].detach().reshape(b, d), div.to(y)[:, None]], dim=1)
+        u, div, _ = augmented_drift(drift, y[:, :d].reshape(b, *shape), t, divergence, v)
+        return torch.cat([u.detach().reshape(b, d), div.to(y)[:, None]], dim=1)
 
     y0 = torch.cat([x.detach().reshape(b, d), x.new_zeros(b, 1)], dim=1)
     if method in solvers.ADAPTIVE_METHODS:

@@ -40,14 +40,16 @@ PROBES = ("rademacher", "gaussian")
 # --------------------------------------------------------------------------- helpers
 
 
-def _probes(
+def probe_vectors(
     shape: torch.Size | tuple[int, ...],
     like: torch.Tensor,
     probe: str,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Random vectors ``v`` with ``E[v] = 0`` and ``E[v vᵀ] = I``: Rademacher (±1) or
-    standard Gaussian."""
+    """Hutchinson's probes: random vectors ``v`` of ``shape`` with ``E[v] = 0`` and
+    ``E[v vᵀ] = I``, Rademacher (±1) or standard Gaussian, so that
+    ``E[vᵀ A v] = tr A`` (Hutchinson 1989); drawn from ``generator`` (on its device),
+    returned on ``like``'s device in its dtype."""
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     device = generator.device if generator is not None else like.device
@@ -105,7 +107,7 @@ def _divergence_and_output(
         # Hutchinson: all probes in one batched pass over x repeated n_probes times.
         x_rep = x.repeat(n_probes, *((1,) * (x.ndim - 1)))
         out_rep = fn(x_rep)
-        v = _probes(out_rep.shape, out_rep, probe, generator)
+        v = probe_vectors(out_rep.shape, out_rep, probe, generator)
         g = None
         if out_rep.requires_grad:
             (g,) = torch.autograd.grad(
@@ -246,7 +248,7 @@ def sliced_score_matching(
         x = x if x.requires_grad else x.detach().requires_grad_(True)
         x_rep = x.repeat(n_projections, *((1,) * (x.ndim - 1)))
         score = score_fn(x_rep)
-        v = _probes(score.shape, score, probe, generator)
+        v = probe_vectors(score.shape, score, probe, generator)
         v_score = (v * score).reshape(score.shape[0], -1).sum(1)  # vᵀ s, (P·B,)
         (g,) = torch.autograd.grad(v_score.sum(), x_rep, create_graph=create_graph)
     v_jac_v = (g * v).reshape(score.shape[0], -1).sum(1)
@@ -414,6 +416,7 @@ __all__ = [
     "explicit_score_matching",
     "implicit_score_matching",
     "multi_noise_dsm",
+    "probe_vectors",
     "sigma_weighted_dsm_minimum",
     "sliced_score_matching",
     "tweedie_denoiser",

@@ -129,6 +129,47 @@ def test_hutchinson_probe_is_fixed_for_the_whole_solve() -> None:
     torch.testing.assert_close(exact.delta_logp, torch.full_like(delta, trace))
 
 
+def test_augmented_drift_of_a_linear_field() -> None:
+    """``u = M x + c``: ``∇·u = tr M`` exactly, Hutchinson's ``vᵀ M v`` and ``vᵀ ∂u/∂x =
+    vᵀ M`` for the probe given; a field that ignores ``x`` has zero divergence."""
+    m = torch.tensor([[0.3, 0.8, 0.0], [-0.2, -0.5, 1.0], [0.4, 0.1, 0.7]], dtype=torch.float64)
+    c = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    x = torch.randn(5, 3, generator=_gen(9), dtype=torch.float64)
+    t = torch.full((5,), 0.3, dtype=torch.float64)
+    v = torch.randn(5, 3, generator=_gen(10), dtype=torch.float64)
+
+    def linear(y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return y @ m.T + c
+
+    u, div, vjp = likelihood.augmented_drift(linear, x, t)
+    torch.testing.assert_close(u, x @ m.T + c)
+    torch.testing.assert_close(div, m.trace().expand(5))
+    assert vjp is None  # not asked for, not computed
+    _, div_e, vjp_e = likelihood.augmented_drift(linear, x, t, "exact", v, return_vjp=True)
+    torch.testing.assert_close(div_e, div)
+    torch.testing.assert_close(vjp_e, v @ m)
+    _, div_h, vjp_h = likelihood.augmented_drift(linear, x, t, "hutchinson", v)
+    torch.testing.assert_close(vjp_h, v @ m)
+    torch.testing.assert_close(div_h, ((v @ m) * v).sum(1))
+    # create_graph keeps the divergence differentiable by parameters: d tr M / dM = I,
+    # d (vᵀ M v) / dM = Σ_b v_b v_bᵀ
+    m_param = m.clone().requires_grad_(True)
+    for name, want in [("exact", 5 * torch.eye(3, dtype=torch.float64)), ("hutchinson", v.T @ v)]:
+        _, d, _ = likelihood.augmented_drift(
+            lambda y, s: y @ m_param.T, x, t, name, v, create_graph=True
+        )
+        (grad_m,) = torch.autograd.grad(d.sum(), m_param)
+        torch.testing.assert_close(grad_m, want)
+    assert not div.requires_grad  # no graph by default
+    for name in likelihood.DIVERGENCES:
+        _, zero, _ = likelihood.augmented_drift(lambda y, s: c.expand(5, 3), x, t, name, v)
+        torch.testing.assert_close(zero, torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs a probe_vector"):
+        likelihood.augmented_drift(linear, x, t, "hutchinson")
+    with pytest.raises(ValueError, match=r"Unknown divergence 'trace'"):
+        likelihood.augmented_drift(linear, x, t, "trace")
+
+
 # ------------------------------------------------------------ bits per dimension
 def _discretised_toy() -> tuple[GaussianMixture, torch.Tensor]:
     """A 2D mixture on the 8-bit pixel scale [0, 256), and the exact probabilities of its

@@ -678,6 +678,7 @@ print(f"floor of {n_pc} exact samples: {floor_pc.mean:.3f} ± {floor_pc.std:.3f}
 # $d\Delta/dt = \nabla\cdot u$ in one call of the ODE solver:
 
 # %%
+course_lib.show(likelihood.augmented_drift, docstring=False)
 course_lib.show(likelihood.ode_log_likelihood, docstring=False)
 
 # %% [markdown]
