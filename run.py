@@ -123,7 +123,7 @@ def cmd_student() -> None:
 
 def cmd_grade() -> None:
     """``grade SUBMISSIONS [--out DIR] [--timeout S] [--profile P] [--jobs N]
-    [--export-nbgrader DIR]``: see ``course_lib/grading.py``. Paths are taken relative
+    [--export-nbgrader DIR]``: see ``course_lib/grading/``. Paths are taken relative
     to where run.py was started, so this runs there and not in the repository."""
     py = setup()
     cmd = [str(py), "-m", "course_lib.grading", *sys.argv[2:]]

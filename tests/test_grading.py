@@ -262,7 +262,7 @@ def test_library_answers_resolve_and_are_registered():
     for name, paths in exercises.LIBRARY_ANSWERS.items():
         assert name in exercises.REGISTRY, name
         for path in paths:
-            assert grading._code_objects(grading._resolve(path)), path
+            assert grading.checks._code_objects(grading.checks._resolve(path)), path
 
 
 @pytest.mark.parametrize("src", sorted(ROOT.glob("chapters/*/*.ipynb")), ids=lambda p: p.stem)

@@ -53,3 +53,18 @@ def test_readme_documents_the_commands():
         "python3 run.py student",
     ):
         assert cmd in readme
+
+
+def test_every_subpackage_is_installed():
+    """A non-editable install (Colab's ``pip install --no-deps git+...``) ships only the
+    packages pyproject.toml lists: every folder of course_lib with an ``__init__.py``
+    must be there, or ``import course_lib.exercises`` fails on Colab and nowhere else."""
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "course_lib").rglob("__init__.py")
+    }
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
