@@ -174,7 +174,7 @@ def train(
         raise ValueError(f"steps must be at least 1, got {steps}")
     params = [p for p in model.parameters() if p.requires_grad]
     # foreach: one multi-tensor update instead of a Python loop over the parameters (PyTorch
-    # only picks it by itself on CUDA; on the CPU it saves about 4% of a U-Net step)
+    # only picks it by itself on CUDA; on the CPU it saves a few percent of a U-Net step)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     ema = copy.deepcopy(model).requires_grad_(False).eval() if ema_decay is not None else None
     losses: list[float] = []
