@@ -42,59 +42,33 @@ from course_lib.flow_figures import HEUN as FLOW_HEUN
 from course_lib.flow_figures import flow_samplers
 from course_lib.image_diffusion import ImageRecipe
 
-_CIFAR = dict(dataset="cifar10", schedule="linear", T=1000, flip=True)
-#: Chapter 9's budgets. ``smoke`` takes every code path in seconds; ``cpu`` trains a
-#: 0.3M-parameter U-Net for a couple of minutes on two cores (colour blobs with the
-#: right statistics, not objects: say so when you show them); ``gpu`` is the course's
-#: CIFAR-10 model of chapters 3–6 (10M parameters, about half an hour on one modern GPU).
-#: ``ddpm35m`` is DDPM's CIFAR-10 configuration (Ho et al. 2020, App. B: 128 channels,
-#: multipliers 1, 2, 2, 2, two residual blocks, attention at 16x16, dropout 0.1) built
-#: with the course's U-Net — 40.1M parameters, against 35.7M in DDPM's own code — with
-#: DDPM's batch, learning rate, warm-up and EMA, trained for a budget you choose
-#: (``--steps``; DDPM trained it for 800k steps).
+#: Chapter 9's budgets, each written as its difference from the CIFAR-10 recipe of
+#: chapters 3–6 it starts from (:data:`course_lib.image_diffusion.RECIPES`). ``smoke``
+#: takes every code path in seconds; ``cpu`` trains a 0.3M-parameter U-Net for a couple
+#: of minutes on two cores (colour blobs with the right statistics, not objects: say so
+#: when you show them); ``gpu`` is the course's CIFAR-10 model of chapters 3–6 (10M
+#: parameters, about half an hour on one modern GPU). ``ddpm35m`` is DDPM's CIFAR-10
+#: configuration (Ho et al. 2020, App. B: 128 channels, multipliers 1, 2, 2, 2, two
+#: residual blocks, attention at 16x16, dropout 0.1) built with the course's U-Net —
+#: 40.1M parameters, against 35.7M in DDPM's own code — with DDPM's batch, learning
+#: rate, warm-up and EMA, trained for a budget you choose (``--steps``; DDPM trained it
+#: for 800k steps).
+_COURSE = {p: image_diffusion.RECIPES[("cifar10", p)] for p in ("smoke", "cpu", "gpu")}
 RECIPES: dict[str, ImageRecipe] = {
-    "smoke": ImageRecipe(
-        **_CIFAR,
-        n_images=256,
-        base_channels=8,
-        channel_mults=(1, 2),
-        num_res_blocks=1,
-        attention_levels=(),
-        dropout=0.0,
-        steps=6,
-        batch_size=16,
-        lr=2e-3,
-        warmup_steps=0,
-        ema_decay=0.9,
-    ),
-    "cpu": ImageRecipe(
-        **_CIFAR,
+    "smoke": replace(_COURSE["smoke"], steps=6, batch_size=16),
+    "cpu": replace(
+        _COURSE["cpu"],
         n_images=5000,
         base_channels=16,
-        channel_mults=(1, 2, 2),
-        num_res_blocks=1,
-        attention_levels=(),
         dropout=0.0,
         steps=800,
         batch_size=32,
         lr=2e-3,
         warmup_steps=50,
-        ema_decay=0.995,
     ),
-    "gpu": image_diffusion.RECIPES[("cifar10", "gpu")],
-    "ddpm35m": ImageRecipe(
-        **_CIFAR,
-        n_images=None,
-        base_channels=128,
-        channel_mults=(1, 2, 2, 2),
-        num_res_blocks=2,
-        attention_levels=(1,),
-        dropout=0.1,
-        steps=800_000,
-        batch_size=128,
-        lr=2e-4,
-        warmup_steps=5000,
-        ema_decay=0.9999,
+    "gpu": _COURSE["gpu"],
+    "ddpm35m": replace(
+        _COURSE["gpu"], base_channels=128, steps=800_000, warmup_steps=5000, ema_decay=0.9999
     ),
 }
 
@@ -149,7 +123,6 @@ class Capstone:
         images: the training images in ``[-1, 1]`` on the device; ``labels`` theirs.
         result: the :class:`~course_lib.train.TrainResult` (loss of every step).
         checkpoint: the checkpoint file.
-        world_size: how many processes trained this call.
     """
 
     recipe: ImageRecipe
@@ -159,7 +132,6 @@ class Capstone:
     labels: torch.Tensor
     result: train.TrainResult
     checkpoint: Path
-    world_size: int = 1
 
     @property
     def parameters(self) -> int:
@@ -271,7 +243,7 @@ def train_capstone(
         desc=f"{objective} on CIFAR-10" + (f" ({dist.world_size} processes)" * dist.active),
     )  # fmt: skip
     assert result.ema is not None
-    return Capstone(r, obj, result.ema.eval(), images, labels, result, path, dist.world_size)
+    return Capstone(r, obj, result.ema.eval(), images, labels, result, path)
 
 
 @torch.no_grad()
@@ -332,7 +304,7 @@ def sample(
         x = sampler(knob, z, g).x if b < n_batches else torch.zeros_like(z)
         mine.append(x)
     local = torch.stack(mine)  # (per_rank, batch, ...): equal shapes on every rank
-    gathered = distributed.all_gather_rows(local[None]) if dist.active else local[None]
+    gathered = distributed.all_gather_rows(local[None])  # (W, per_rank, batch, ...)
     # gathered[r, j] is batch r + j W: reorder to batch order
     ordered = gathered.transpose(0, 1).reshape(-1, *shape)
     return ordered[:n].float().cpu()
@@ -350,8 +322,7 @@ def sharded_fid(
     n, w = x.shape[0], dist.world_size
     padded = torch.cat([x, x[: (-n) % w]]) if n % w else x
     mine = evaluator.features(padded[dist.rank :: w].clamp(-1, 1))
-    device = dist.device if dist.active else mine.device
-    gathered = distributed.all_gather_rows(mine.to(device)[None]).cpu()  # (W, n/W, F)
+    gathered = distributed.all_gather_rows(mine.to(dist.device)[None]).cpu()  # (W, n/W, F)
     features = gathered.transpose(0, 1).reshape(-1, gathered.shape[-1])[:n]  # row order
     mu, cov = evaluate.gaussian_stats(features)
     return evaluate.frechet_distance(mu, cov, evaluator.ref_mu, evaluator.ref_cov)

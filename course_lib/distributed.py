@@ -160,10 +160,6 @@ class EpochBatches:
         self._epoch = -1
         self._order = torch.empty(0, dtype=torch.long)
 
-    def epoch(self, step: int) -> int:
-        """The epoch that ``step`` (counted from 0) falls in."""
-        return step // self.steps_per_epoch
-
     def __call__(self, step: int) -> torch.Tensor:
         epoch, k = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
